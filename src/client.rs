@@ -1,0 +1,324 @@
+//! The client library: [`Client`] speaks the protocol over one connection, reused for every
+//! call, and [`ClientError`] says what went wrong. The CLI is built on it.
+
+use crate::protocol::{MalformedReply, Reply, ReplyParser, Request, Selector};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::ops::ControlFlow;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Points by metric name, each metric's points as `(timestamp, value)` sorted by timestamp.
+pub type Points = BTreeMap<String, Vec<(i64, f64)>>;
+
+/// The longest reply line the client accepts; a longer one is a malformed reply.
+pub const MAX_REPLY_LINE: u64 = 1 << 20;
+
+/// What can go wrong talking to a server.
+#[derive(Debug)]
+pub enum ClientError {
+    /// An argument that can never be valid; nothing was sent.
+    InvalidArgument(String),
+    /// The server address could not be resolved.
+    Resolve(io::Error),
+    /// No connection could be made.
+    Connect { addr: String, source: io::Error },
+    /// The connection failed, timed out or closed mid-reply.
+    Io(io::Error),
+    /// The server answered with an error reply; this is its message.
+    Server(String),
+    /// The server's reply does not follow the protocol.
+    Malformed(String),
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientError::InvalidArgument(what) => write!(f, "invalid argument: {what}"),
+            ClientError::Resolve(e) => write!(f, "cannot resolve the server address: {e}"),
+            ClientError::Connect { addr, source } => {
+                write!(f, "cannot connect to {addr}: {source}")
+            }
+            ClientError::Io(e) => match e.kind() {
+                io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => {
+                    f.write_str("timed out waiting for the server")
+                }
+                io::ErrorKind::UnexpectedEof => f.write_str("connection closed by the server"),
+                _ => write!(f, "connection failed: {e}"),
+            },
+            ClientError::Server(message) => write!(f, "server replied with an error: {message}"),
+            ClientError::Malformed(what) => write!(f, "malformed reply from the server: {what}"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ClientError::Resolve(e) | ClientError::Io(e) => Some(e),
+            ClientError::Connect { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+impl From<io::Error> for ClientError {
+    fn from(e: io::Error) -> Self {
+        ClientError::Io(e)
+    }
+}
+
+impl From<MalformedReply> for ClientError {
+    fn from(e: MalformedReply) -> Self {
+        ClientError::Malformed(e.0)
+    }
+}
+
+/// A connection to a metrics server.
+#[derive(Debug)]
+pub struct Client {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+    request: Vec<u8>,
+    line: Vec<u8>,
+    parser: ReplyParser,
+}
+
+impl Client {
+    /// Connects to `addr`; `timeout` bounds the connect and every later read and write.
+    ///
+    /// # Errors
+    /// [`ClientError::Resolve`] or [`ClientError::Connect`].
+    pub fn connect<A: ToSocketAddrs>(
+        addr: A,
+        timeout: Option<Duration>,
+    ) -> Result<Client, ClientError> {
+        let mut last = None;
+        for candidate in addr.to_socket_addrs().map_err(ClientError::Resolve)? {
+            let attempt = match timeout {
+                Some(t) => TcpStream::connect_timeout(&candidate, t),
+                None => TcpStream::connect(candidate),
+            };
+            match attempt {
+                Ok(stream) => return Client::from_stream(stream, timeout),
+                Err(source) => {
+                    last = Some(ClientError::Connect {
+                        addr: candidate.to_string(),
+                        source,
+                    })
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            ClientError::Resolve(io::Error::new(
+                io::ErrorKind::NotFound,
+                "no addresses found",
+            ))
+        }))
+    }
+
+    fn from_stream(stream: TcpStream, timeout: Option<Duration>) -> Result<Client, ClientError> {
+        stream.set_read_timeout(timeout)?;
+        stream.set_write_timeout(timeout)?;
+        stream.set_nodelay(true)?;
+        Ok(Client {
+            reader: BufReader::new(stream.try_clone()?),
+            writer: stream,
+            request: Vec::new(),
+            line: Vec::new(),
+            parser: ReplyParser::default(),
+        })
+    }
+
+    /// Stores `value` for `metric` at `timestamp` (whole seconds; `None` is now).
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidArgument`] for an empty metric, one with whitespace, `*`, or a value
+    /// that is not finite (nothing is sent); otherwise what the server or the connection says.
+    pub fn put(
+        &mut self,
+        metric: &str,
+        value: f64,
+        timestamp: Option<i64>,
+    ) -> Result<(), ClientError> {
+        check_metric(metric)?;
+        if metric == "*" {
+            return Err(ClientError::InvalidArgument(
+                "metric name '*' is reserved for get".into(),
+            ));
+        }
+        if !value.is_finite() {
+            return Err(ClientError::InvalidArgument(format!(
+                "value must be finite, not {value}"
+            )));
+        }
+        let timestamp = timestamp.unwrap_or_else(now);
+        let request = Request::Put {
+            metric,
+            value,
+            timestamp,
+        };
+        let points = self.call(request, |_, _, _| ControlFlow::Continue(()))?;
+        if points > 0 {
+            self.close();
+            return Err(ClientError::Malformed(format!(
+                "{points} point lines in the reply to a put"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The points of `metric`, or of every metric for `*`. An unknown metric gives an empty map.
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidArgument`] for an empty metric or one with whitespace; otherwise
+    /// what the server or the connection says.
+    pub fn get(&mut self, metric: &str) -> Result<Points, ClientError> {
+        let mut points = Points::new();
+        self.get_each(metric, |name, value, timestamp| {
+            match points.get_mut(name) {
+                Some(series) => series.push((timestamp, value)),
+                None => {
+                    points.insert(name.to_string(), vec![(timestamp, value)]);
+                }
+            }
+            ControlFlow::Continue(())
+        })?;
+        for series in points.values_mut() {
+            series.sort_by_key(|&(timestamp, _)| timestamp);
+        }
+        Ok(points)
+    }
+
+    /// Like [`get`](Client::get), but hands each point to `each` as it is read, in reply order,
+    /// without collecting them. If `each` breaks, the rest of the reply is not read and the
+    /// connection is closed.
+    ///
+    /// # Errors
+    /// As [`get`](Client::get).
+    pub fn get_each(
+        &mut self,
+        metric: &str,
+        each: impl FnMut(&str, f64, i64) -> ControlFlow<()>,
+    ) -> Result<(), ClientError> {
+        check_metric(metric)?;
+        self.call(Request::Get(Selector::parse(metric)), each)?;
+        Ok(())
+    }
+
+    /// Sends one request and reads its reply; returns how many points it carried.
+    fn call(
+        &mut self,
+        request: Request<'_>,
+        mut each: impl FnMut(&str, f64, i64) -> ControlFlow<()>,
+    ) -> Result<usize, ClientError> {
+        self.request.clear();
+        request.encode(&mut self.request);
+        let result = self.exchange(&mut each);
+        if matches!(result, Err(ClientError::Io(_) | ClientError::Malformed(_))) {
+            // The reply framing is lost; later calls must fail rather than read stale bytes.
+            self.close();
+        }
+        result
+    }
+
+    fn exchange(
+        &mut self,
+        each: &mut impl FnMut(&str, f64, i64) -> ControlFlow<()>,
+    ) -> Result<usize, ClientError> {
+        self.writer.write_all(&self.request)?;
+        let mut stopped = false;
+        loop {
+            self.line.clear();
+            let read = (&mut self.reader)
+                .take(MAX_REPLY_LINE)
+                .read_until(b'\n', &mut self.line)?;
+            if self.line.pop() != Some(b'\n') {
+                return Err(if read as u64 >= MAX_REPLY_LINE {
+                    ClientError::Malformed(format!(
+                        "a reply line is longer than {MAX_REPLY_LINE} bytes"
+                    ))
+                } else {
+                    ClientError::Io(io::ErrorKind::UnexpectedEof.into())
+                });
+            }
+            let reply = self.parser.feed(&self.line, |metric, value, timestamp| {
+                if each(metric, value, timestamp).is_break() {
+                    stopped = true;
+                }
+            })?;
+            if stopped {
+                self.close();
+                return Ok(0);
+            }
+            match reply {
+                None => {}
+                Some(Reply::Ok { points }) => return Ok(points),
+                Some(Reply::Error(message)) => return Err(ClientError::Server(message)),
+            }
+        }
+    }
+
+    fn close(&mut self) {
+        let _ = self.writer.shutdown(Shutdown::Both);
+    }
+}
+
+fn check_metric(metric: &str) -> Result<(), ClientError> {
+    if metric.is_empty() {
+        return Err(ClientError::InvalidArgument("metric name is empty".into()));
+    }
+    if metric.chars().any(char::is_whitespace) {
+        return Err(ClientError::InvalidArgument(format!(
+            "metric name {metric:?} contains whitespace"
+        )));
+    }
+    Ok(())
+}
+
+/// The current time in whole seconds since the Unix epoch.
+pub fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_messages_are_lowercase_and_specific() {
+        let cases = [
+            ClientError::Server("wrong command".into()).to_string(),
+            ClientError::Io(io::ErrorKind::TimedOut.into()).to_string(),
+            ClientError::Io(io::ErrorKind::UnexpectedEof.into()).to_string(),
+            ClientError::Malformed("bad point line".into()).to_string(),
+            ClientError::InvalidArgument("metric name is empty".into()).to_string(),
+        ];
+        assert_eq!(cases[0], "server replied with an error: wrong command");
+        assert_eq!(cases[1], "timed out waiting for the server");
+        assert_eq!(cases[2], "connection closed by the server");
+        for text in cases {
+            assert!(text.starts_with(|c: char| c.is_lowercase()), "{text}");
+        }
+    }
+
+    #[test]
+    fn invalid_metrics_are_refused_before_sending() {
+        assert!(check_metric("").is_err());
+        assert!(check_metric("a b").is_err());
+        assert!(check_metric("a\tb").is_err());
+        assert!(check_metric("palm.cpu").is_ok());
+    }
+
+    #[test]
+    fn io_errors_have_a_source() {
+        use std::error::Error;
+        assert!(ClientError::Io(io::ErrorKind::TimedOut.into())
+            .source()
+            .is_some());
+        assert!(ClientError::Server("x".into()).source().is_none());
+    }
+}

@@ -1,0 +1,7 @@
+//! The `metrics` binary: server and client in one. All the work is in the library.
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    metrics::cli::run(std::env::args_os())
+}

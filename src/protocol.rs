@@ -1,0 +1,667 @@
+//! The wire protocol, and nothing but bytes: parsing and encoding of requests and replies, and the
+//! Python float text values travel in. No sockets here; the server and the client both call into it,
+//! so the two sides cannot drift.
+//!
+//! ```text
+//! line      = ws* [ request ] ws* "\n"          ; a blank line gets no reply
+//! request   = "put" sp metric sp value sp timestamp
+//!           | "get" sp ( metric | "*" )
+//! sp        = ( " " | "\t" )+                    ; ws also covers "\r", so CRLF is accepted
+//! metric    = one or more bytes other than space, tab and "\n"; not "*"; UTF-8
+//! value     = what `f64::from_str` reads (`0.5`, `10`, `1e3`, `-2.25`, `.5`), finite
+//! timestamp = whole seconds, an i64 with optional sign
+//!
+//! reply     = "ok\n" point* "\n"                 ; put: no points
+//!           | "error\n" message "\n\n"
+//! point     = metric " " value " " timestamp "\n" ; value printed like Python's repr(float)
+//! ```
+//!
+//! Every malformed request gets `error\nwrong command\n\n`; [`RequestError`] says why, for logs.
+
+use std::fmt;
+
+/// The reply to a successful put.
+pub const OK: &[u8] = b"ok\n\n";
+/// The message of the reply to any malformed request.
+pub const WRONG_COMMAND: &str = "wrong command";
+/// The longest text [`write_float`] produces (`-1.2345678901234567e-308`).
+pub const MAX_FLOAT_LEN: usize = 24;
+
+/// Which metrics a `get` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Selector<'a> {
+    /// `get *`: every metric.
+    All,
+    /// One metric by name.
+    Metric(&'a str),
+}
+
+impl<'a> Selector<'a> {
+    /// Reads a `get` argument: `*` is every metric, anything else one metric.
+    pub fn parse(arg: &'a str) -> Self {
+        if arg == "*" {
+            Selector::All
+        } else {
+            Selector::Metric(arg)
+        }
+    }
+
+    /// The text of this selector on the wire.
+    pub fn as_str(&self) -> &'a str {
+        match *self {
+            Selector::All => "*",
+            Selector::Metric(name) => name,
+        }
+    }
+}
+
+/// One request, borrowing its metric name from the line it was read from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Request<'a> {
+    /// Store `value` for `metric` at `timestamp`, replacing a value already there.
+    Put {
+        metric: &'a str,
+        value: f64,
+        timestamp: i64,
+    },
+    /// Return the points of the selected metrics.
+    Get(Selector<'a>),
+}
+
+/// Why a request line was rejected. On the wire every case reads `wrong command`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestError {
+    /// The line is not valid UTF-8.
+    NotUtf8,
+    /// The first token is neither `put` nor `get`.
+    UnknownCommand,
+    /// `put` without exactly three arguments, or `get` without exactly one.
+    WrongArgumentCount,
+    /// `put *`: the name `*` stands for every metric.
+    ReservedMetric,
+    /// The value is not a number.
+    BadValue,
+    /// The value is NaN or infinite.
+    NonFiniteValue,
+    /// The timestamp is not an integer that fits in i64.
+    BadTimestamp,
+}
+
+impl fmt::Display for RequestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RequestError::NotUtf8 => "request is not valid utf-8",
+            RequestError::UnknownCommand => "unknown command",
+            RequestError::WrongArgumentCount => "wrong number of arguments",
+            RequestError::ReservedMetric => "metric name '*' is reserved",
+            RequestError::BadValue => "value is not a number",
+            RequestError::NonFiniteValue => "value is not finite",
+            RequestError::BadTimestamp => "timestamp is not a whole number of seconds",
+        })
+    }
+}
+
+impl std::error::Error for RequestError {}
+
+fn is_separator(c: char) -> bool {
+    c == ' ' || c == '\t'
+}
+
+/// Splits a line into tokens: runs of bytes other than space and tab.
+fn tokens(line: &str) -> impl Iterator<Item = &str> {
+    line.split(is_separator).filter(|t| !t.is_empty())
+}
+
+/// Reads a value the way the server does: a finite `f64`.
+///
+/// # Errors
+/// [`RequestError::BadValue`] for text that is not a number, [`RequestError::NonFiniteValue`] for
+/// NaN and infinities.
+pub fn parse_value(text: &str) -> Result<f64, RequestError> {
+    let value: f64 = text.parse().map_err(|_| RequestError::BadValue)?;
+    if value.is_finite() {
+        Ok(value)
+    } else {
+        Err(RequestError::NonFiniteValue)
+    }
+}
+
+/// Reads a timestamp the way the server does: whole seconds that fit in i64.
+///
+/// # Errors
+/// [`RequestError::BadTimestamp`] for anything else (`1.5`, `1e3`, `x`).
+pub fn parse_timestamp(text: &str) -> Result<i64, RequestError> {
+    text.parse().map_err(|_| RequestError::BadTimestamp)
+}
+
+impl<'a> Request<'a> {
+    /// Parses one line, without its `\n`. A blank line is `Ok(None)`.
+    ///
+    /// # Errors
+    /// A [`RequestError`] naming what is wrong with the line.
+    pub fn parse(line: &'a [u8]) -> Result<Option<Self>, RequestError> {
+        let line = std::str::from_utf8(line.trim_ascii()).map_err(|_| RequestError::NotUtf8)?;
+        let mut args = tokens(line);
+        let Some(command) = args.next() else {
+            return Ok(None);
+        };
+        let request = match command {
+            "put" => {
+                let (Some(metric), Some(value), Some(timestamp), None) =
+                    (args.next(), args.next(), args.next(), args.next())
+                else {
+                    return Err(RequestError::WrongArgumentCount);
+                };
+                if metric == "*" {
+                    return Err(RequestError::ReservedMetric);
+                }
+                Request::Put {
+                    metric,
+                    value: parse_value(value)?,
+                    timestamp: parse_timestamp(timestamp)?,
+                }
+            }
+            "get" => {
+                let (Some(selector), None) = (args.next(), args.next()) else {
+                    return Err(RequestError::WrongArgumentCount);
+                };
+                Request::Get(Selector::parse(selector))
+            }
+            _ => return Err(RequestError::UnknownCommand),
+        };
+        Ok(Some(request))
+    }
+
+    /// Appends this request as one line, `\n` included.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        match *self {
+            Request::Put {
+                metric,
+                value,
+                timestamp,
+            } => {
+                out.extend_from_slice(b"put ");
+                write_point(out, metric, value, timestamp);
+            }
+            Request::Get(selector) => {
+                out.extend_from_slice(b"get ");
+                out.extend_from_slice(selector.as_str().as_bytes());
+                out.push(b'\n');
+            }
+        }
+    }
+}
+
+/// Appends an error reply carrying `message`.
+pub fn write_error(out: &mut Vec<u8>, message: &str) {
+    out.extend_from_slice(b"error\n");
+    out.extend_from_slice(message.as_bytes());
+    out.extend_from_slice(b"\n\n");
+}
+
+/// Appends one point line, `metric value timestamp\n`: the body of a get reply, the tail of a put
+/// request, and the line format of `metrics get`, `metrics put -` and the data file.
+pub fn write_point(out: &mut Vec<u8>, metric: &str, value: f64, timestamp: i64) {
+    out.extend_from_slice(metric.as_bytes());
+    out.push(b' ');
+    write_float(out, value);
+    out.push(b' ');
+    write_i64(out, timestamp);
+    out.push(b'\n');
+}
+
+/// Appends the decimal text of `n`.
+pub fn write_i64(out: &mut Vec<u8>, n: i64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut rest = n.unsigned_abs();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    if n < 0 {
+        out.push(b'-');
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+/// Appends `value` as Python's `repr(float)` prints it: the shortest digits that read back to the
+/// same f64, positional when 1e-4 <= |v| < 1e16 (always with a digit after the point), scientific
+/// otherwise with a signed exponent of at least two digits. No heap allocation.
+pub fn write_float(out: &mut Vec<u8>, value: f64) {
+    if !value.is_finite() {
+        out.extend_from_slice(if value.is_nan() {
+            b"nan"
+        } else if value > 0.0 {
+            b"inf"
+        } else {
+            b"-inf"
+        });
+        return;
+    }
+    // Whole numbers are most of what metrics carry; below 2^53 they print exactly as integers.
+    if value.trunc() == value && value.abs() < 1e15 {
+        if value.is_sign_negative() {
+            out.push(b'-');
+        }
+        write_i64(out, value.abs() as i64);
+        out.extend_from_slice(b".0");
+        return;
+    }
+    // `{:e}` gives the shortest round-trip digits as `d.ddde-5`; only the layout differs from Python.
+    let mut scratch = StackText::default();
+    // Formatting into a buffer of fixed size cannot fail: the text is at most MAX_FLOAT_LEN bytes.
+    let _ = fmt::Write::write_fmt(&mut scratch, format_args!("{value:e}"));
+    let text = scratch.as_bytes();
+    let (negative, text) = match text.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, text),
+    };
+    let e_at = text.iter().position(|&b| b == b'e').unwrap_or(text.len());
+    let (mantissa, exponent) = text.split_at(e_at);
+    let exponent = parse_small_int(exponent.get(1..).unwrap_or(b"0"));
+    let mut digits = [0u8; 17];
+    let mut count = 0;
+    for &b in mantissa
+        .iter()
+        .filter(|b| b.is_ascii_digit())
+        .take(digits.len())
+    {
+        digits[count] = b;
+        count += 1;
+    }
+    let digits = &digits[..count];
+    // Python's decpt: the value is 0.DIGITS * 10^decpt.
+    let decpt = exponent + 1;
+    if negative {
+        out.push(b'-');
+    }
+    if -4 < decpt && decpt <= 16 {
+        if decpt <= 0 {
+            out.extend_from_slice(b"0.");
+            out.resize(out.len() + (-decpt) as usize, b'0');
+            out.extend_from_slice(digits);
+        } else if (decpt as usize) < digits.len() {
+            let (whole, fraction) = digits.split_at(decpt as usize);
+            out.extend_from_slice(whole);
+            out.push(b'.');
+            out.extend_from_slice(fraction);
+        } else {
+            out.extend_from_slice(digits);
+            out.resize(out.len() + decpt as usize - digits.len(), b'0');
+            out.extend_from_slice(b".0");
+        }
+    } else {
+        out.push(digits[0]);
+        if digits.len() > 1 {
+            out.push(b'.');
+            out.extend_from_slice(&digits[1..]);
+        }
+        out.push(b'e');
+        out.push(if exponent < 0 { b'-' } else { b'+' });
+        if exponent.abs() < 10 {
+            out.push(b'0');
+        }
+        write_i64(out, i64::from(exponent.abs()));
+    }
+}
+
+/// Reads the exponent of `{:e}` text: an optional `-` and a few digits.
+fn parse_small_int(text: &[u8]) -> i32 {
+    let (negative, digits) = match text.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, text),
+    };
+    let magnitude = digits
+        .iter()
+        .fold(0i32, |n, &d| n * 10 + i32::from(d - b'0'));
+    if negative {
+        -magnitude
+    } else {
+        magnitude
+    }
+}
+
+/// A fixed buffer that `fmt::Write` can fill without allocating.
+struct StackText {
+    bytes: [u8; 32],
+    len: usize,
+}
+
+impl Default for StackText {
+    fn default() -> Self {
+        StackText {
+            bytes: [0; 32],
+            len: 0,
+        }
+    }
+}
+
+impl StackText {
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+impl fmt::Write for StackText {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let end = self.len + s.len();
+        let slot = self.bytes.get_mut(self.len..end).ok_or(fmt::Error)?;
+        slot.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+/// A reply as the client reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    /// `ok`, with the number of point lines handed to the parser's callback.
+    Ok { points: usize },
+    /// `error`, with the server's message.
+    Error(String),
+}
+
+/// Why a reply could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MalformedReply(pub String);
+
+impl fmt::Display for MalformedReply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for MalformedReply {}
+
+/// Reads one reply a line at a time, for a client that owns the socket.
+#[derive(Debug, Default)]
+pub struct ReplyParser {
+    state: ReplyState,
+    points: usize,
+    message: String,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum ReplyState {
+    #[default]
+    Status,
+    Points,
+    Message,
+}
+
+impl ReplyParser {
+    /// Feeds one line, without its `\n`. Point lines go to `on_point`; the finished reply is
+    /// returned once its closing blank line arrives, and the parser is ready for the next one.
+    ///
+    /// # Errors
+    /// [`MalformedReply`] for a status other than `ok`/`error` or a point line that is not
+    /// `metric value timestamp` with a number and a whole timestamp.
+    pub fn feed(
+        &mut self,
+        line: &[u8],
+        mut on_point: impl FnMut(&str, f64, i64),
+    ) -> Result<Option<Reply>, MalformedReply> {
+        match self.state {
+            ReplyState::Status => match line {
+                b"ok" => self.state = ReplyState::Points,
+                b"error" => self.state = ReplyState::Message,
+                _ => return Err(malformed("unexpected status line", line)),
+            },
+            ReplyState::Points if line.is_empty() => {
+                let points = std::mem::take(&mut self.points);
+                self.state = ReplyState::Status;
+                return Ok(Some(Reply::Ok { points }));
+            }
+            ReplyState::Points => {
+                let (metric, value, timestamp) =
+                    parse_point(line).ok_or_else(|| malformed("bad point line", line))?;
+                on_point(metric, value, timestamp);
+                self.points += 1;
+            }
+            ReplyState::Message if line.is_empty() => {
+                self.state = ReplyState::Status;
+                return Ok(Some(Reply::Error(std::mem::take(&mut self.message))));
+            }
+            ReplyState::Message => {
+                if !self.message.is_empty() {
+                    self.message.push('\n');
+                }
+                self.message.push_str(&String::from_utf8_lossy(line));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Reads `metric value timestamp`, the line a get reply, `metrics get` and the data file carry.
+pub fn parse_point(line: &[u8]) -> Option<(&str, f64, i64)> {
+    let line = std::str::from_utf8(line).ok()?;
+    let mut fields = tokens(line);
+    let (Some(metric), Some(value), Some(timestamp), None) =
+        (fields.next(), fields.next(), fields.next(), fields.next())
+    else {
+        return None;
+    };
+    Some((
+        metric,
+        parse_value(value).ok()?,
+        parse_timestamp(timestamp).ok()?,
+    ))
+}
+
+fn malformed(what: &str, line: &[u8]) -> MalformedReply {
+    const SHOWN: usize = 80;
+    let shown = String::from_utf8_lossy(&line[..line.len().min(SHOWN)]);
+    let more = if line.len() > SHOWN { "..." } else { "" };
+    MalformedReply(format!("{what}: {shown:?}{more}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn float(v: f64) -> String {
+        let mut out = Vec::new();
+        write_float(&mut out, v);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn floats_print_like_python_repr() {
+        let cases: &[(f64, &str)] = &[
+            (10.0, "10.0"),
+            (0.5, "0.5"),
+            (2.156, "2.156"),
+            (1000.0, "1000.0"),
+            (0.0001, "0.0001"),
+            (-1.0, "-1.0"),
+            (0.0, "0.0"),
+            (-0.0, "-0.0"),
+            (1e16, "1e+16"),
+            (1e-5, "1e-05"),
+            (1e22, "1e+22"),
+            (123456789012345678.0, "1.2345678901234568e+17"),
+            (1e15, "1000000000000000.0"),
+            (9999999999999998.0, "9999999999999998.0"),
+            (0.1, "0.1"),
+            (0.3, "0.3"),
+            (0.1 + 0.2, "0.30000000000000004"),
+            (1.5e-7, "1.5e-07"),
+            (-2.5e-300, "-2.5e-300"),
+            (1.7976931348623157e308, "1.7976931348623157e+308"),
+            (5e-324, "5e-324"),
+            (0.00012345, "0.00012345"),
+            (123.456, "123.456"),
+            (-0.25, "-0.25"),
+            (1234567.125, "1234567.125"),
+            (1e100, "1e+100"),
+        ];
+        for &(value, text) in cases {
+            assert_eq!(float(value), text, "formatting {value:?}");
+        }
+    }
+
+    #[test]
+    fn floats_round_trip_through_their_text() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..20_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let value = f64::from_bits(seed);
+            if !value.is_finite() {
+                continue;
+            }
+            let text = float(value);
+            assert!(text.len() <= MAX_FLOAT_LEN, "{text}");
+            assert_eq!(text.parse::<f64>().unwrap().to_bits(), value.to_bits());
+        }
+    }
+
+    #[test]
+    fn integers_print_in_decimal() {
+        for n in [0, 1, -1, 42, i64::MAX, i64::MIN, 1150864247] {
+            let mut out = Vec::new();
+            write_i64(&mut out, n);
+            assert_eq!(out, n.to_string().as_bytes());
+        }
+    }
+
+    #[test]
+    fn put_and_get_parse() {
+        assert_eq!(
+            Request::parse(b"put palm.cpu 0.5 1150864247"),
+            Ok(Some(Request::Put {
+                metric: "palm.cpu",
+                value: 0.5,
+                timestamp: 1150864247
+            }))
+        );
+        assert_eq!(
+            Request::parse(b" \tget \t palm.cpu \r"),
+            Ok(Some(Request::Get(Selector::Metric("palm.cpu"))))
+        );
+        assert_eq!(
+            Request::parse(b"get *"),
+            Ok(Some(Request::Get(Selector::All)))
+        );
+        assert_eq!(
+            Request::parse(b"put m .5 -3"),
+            Ok(Some(Request::Put {
+                metric: "m",
+                value: 0.5,
+                timestamp: -3
+            }))
+        );
+    }
+
+    #[test]
+    fn blank_lines_are_not_requests() {
+        for line in [&b""[..], b"   ", b"\t\r", b"\r"] {
+            assert_eq!(Request::parse(line), Ok(None));
+        }
+    }
+
+    #[test]
+    fn bad_requests_say_why() {
+        use RequestError::*;
+        let cases: &[(&[u8], RequestError)] = &[
+            (b"PUT m 1 2", UnknownCommand),
+            (b"GET m", UnknownCommand),
+            (b"delete m", UnknownCommand),
+            (b"put m 1", WrongArgumentCount),
+            (b"put m 1 2 3", WrongArgumentCount),
+            (b"get", WrongArgumentCount),
+            (b"get a b", WrongArgumentCount),
+            (b"put * 1 2", ReservedMetric),
+            (b"put m x 2", BadValue),
+            (b"put m nan 2", NonFiniteValue),
+            (b"put m inf 2", NonFiniteValue),
+            (b"put m -inf 2", NonFiniteValue),
+            (b"put m infinity 2", NonFiniteValue),
+            (b"put m 1 1.5", BadTimestamp),
+            (b"put m 1 1e3", BadTimestamp),
+            (b"put m 1 x", BadTimestamp),
+            (b"put m 1 99999999999999999999", BadTimestamp),
+            (b"put m\xff 1 2", NotUtf8),
+        ];
+        for &(line, expected) in cases {
+            assert_eq!(Request::parse(line), Err(expected), "{line:?}");
+        }
+    }
+
+    #[test]
+    fn requests_encode_to_what_parse_reads() {
+        let requests = [
+            Request::Put {
+                metric: "a.b",
+                value: -2.25,
+                timestamp: 7,
+            },
+            Request::Get(Selector::All),
+            Request::Get(Selector::Metric("x")),
+        ];
+        for request in requests {
+            let mut line = Vec::new();
+            request.encode(&mut line);
+            assert_eq!(line.pop(), Some(b'\n'));
+            assert_eq!(Request::parse(&line), Ok(Some(request)));
+        }
+        let mut line = Vec::new();
+        Request::Put {
+            metric: "palm.cpu",
+            value: 10.0,
+            timestamp: 1150864247,
+        }
+        .encode(&mut line);
+        assert_eq!(line, b"put palm.cpu 10.0 1150864247\n");
+    }
+
+    fn parse_reply(
+        lines: &[&[u8]],
+    ) -> Result<(Vec<Reply>, Vec<(String, f64, i64)>), MalformedReply> {
+        let mut parser = ReplyParser::default();
+        let mut replies = Vec::new();
+        let mut points = Vec::new();
+        for line in lines {
+            let fed = parser.feed(line, |m, v, t| points.push((m.to_string(), v, t)))?;
+            replies.extend(fed);
+        }
+        Ok((replies, points))
+    }
+
+    #[test]
+    fn replies_parse_with_their_points() {
+        let (replies, points) =
+            parse_reply(&[b"ok", b"a 1.0 1", b"a 2.5 2", b"", b"ok", b""]).unwrap();
+        assert_eq!(
+            replies,
+            vec![Reply::Ok { points: 2 }, Reply::Ok { points: 0 }]
+        );
+        assert_eq!(
+            points,
+            vec![("a".to_string(), 1.0, 1), ("a".to_string(), 2.5, 2)]
+        );
+        let (replies, _) = parse_reply(&[b"error", b"wrong command", b""]).unwrap();
+        assert_eq!(replies, vec![Reply::Error("wrong command".into())]);
+    }
+
+    #[test]
+    fn malformed_replies_are_rejected() {
+        for lines in [
+            &[&b"ok"[..], b"palm.cpu 10.5 12 13"][..],
+            &[b"ok", b"palm.cpu x 12"],
+            &[b"ok", b"palm.cpu 1.0 1.5"],
+            &[b"ok", b"palm.cpu 1.0"],
+            &[b"okay"],
+            &[b""],
+        ] {
+            assert!(parse_reply(lines).is_err(), "{lines:?}");
+        }
+    }
+}

@@ -1,0 +1,515 @@
+//! The server: the only place that locks the store and spawns threads.
+//!
+//! One OS thread per connection, all sharing an `Arc<Mutex<Store>>`. Each thread reads what the
+//! socket has, answers every complete line in it under one lock acquisition, releases the lock,
+//! then formats and writes all the replies with one write. The lock is never held during socket
+//! I/O or while a `get` reply is formatted: a get takes a [`Snapshot`] (reference counts only).
+//!
+//! Everything a client controls is bounded: line length, connection count, idle time, time spent
+//! blocked writing to a client that does not read, and log lines per connection.
+
+use crate::protocol::{self, Request, RequestError};
+use crate::store::{Snapshot, Store};
+use crate::{error, info, log::RateLimit, warn};
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Settings for [`Server::bind`]; every field has a documented default.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Address to listen on; default `127.0.0.1`.
+    pub host: String,
+    /// Port to listen on; 0 picks a free one. Default 8888.
+    pub port: u16,
+    /// Longest request line, in bytes, without its `\n`. Default 65536.
+    pub max_line_bytes: usize,
+    /// Most connections served at once. Default 1024.
+    pub max_connections: usize,
+    /// Close a connection silent this long; `None` (the default) never does.
+    pub idle_timeout: Option<Duration>,
+    /// Give up on a client that accepts no reply bytes for this long. Default 30 s.
+    pub write_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            host: "127.0.0.1".into(),
+            port: 8888,
+            max_line_bytes: 65536,
+            max_connections: 1024,
+            idle_timeout: None,
+            write_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug)]
+pub enum ServerError {
+    /// The listening socket could not be bound.
+    Bind { addr: String, source: io::Error },
+}
+
+impl fmt::Display for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServerError::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for ServerError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ServerError::Bind { source, .. } => Some(source),
+        }
+    }
+}
+
+/// A bound server, ready to [`run`](Server::run).
+#[derive(Debug)]
+pub struct Server {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    store: Mutex<Store>,
+    config: Config,
+    open: AtomicUsize,
+}
+
+impl Shared {
+    /// Locks the store. A thread that panicked while holding the lock poisons it; the store's
+    /// operations do not panic and leave it consistent at every step, so the data is still
+    /// sound and every other client keeps being served.
+    fn lock(&self) -> MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The reply to a connection-level refusal, sent before closing.
+const TOO_MANY_CONNECTIONS: &str = "too many connections";
+const LINE_TOO_LONG: &str = "line too long";
+/// Bytes asked of the socket per read, and the initial input buffer.
+const READ_BYTES: usize = 16 * 1024;
+/// Reply bytes gathered before a write while streaming a large `get`.
+const FLUSH_BYTES: usize = 64 * 1024;
+/// Error lines logged per connection per second; the rest are counted.
+const LOG_LINES_PER_SECOND: u32 = 5;
+
+impl Server {
+    /// Binds the listening socket.
+    ///
+    /// # Errors
+    /// [`ServerError::Bind`] when the address is in use, not permitted or cannot be resolved.
+    pub fn bind(config: Config) -> Result<Server, ServerError> {
+        let listener =
+            TcpListener::bind((config.host.as_str(), config.port)).map_err(|source| {
+                ServerError::Bind {
+                    addr: host_port(&config.host, config.port),
+                    source,
+                }
+            })?;
+        Ok(Server {
+            listener,
+            shared: Arc::new(Shared {
+                store: Mutex::new(Store::new()),
+                config,
+                open: AtomicUsize::new(0),
+            }),
+        })
+    }
+
+    /// The address actually bound, with the real port when 0 was asked for.
+    ///
+    /// # Errors
+    /// The OS error if the socket cannot report its address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Accepts and serves connections until the process ends.
+    pub fn run(self) {
+        let mut backoff = Duration::ZERO;
+        let mut accept_errors = RateLimit::new(LOG_LINES_PER_SECOND);
+        loop {
+            match self.listener.accept() {
+                Ok((stream, peer)) => {
+                    backoff = Duration::ZERO;
+                    self.admit(stream, peer);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // Out of file descriptors and the like: wait for clients to leave, don't spin.
+                    backoff =
+                        (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+                    if let Some(suppressed) = accept_errors.allow(Instant::now()) {
+                        error!(
+                            "accept failed: {e}; retrying in {backoff:?}{}",
+                            suppressed_note(suppressed)
+                        );
+                    }
+                    thread::sleep(backoff);
+                }
+            }
+        }
+    }
+
+    fn admit(&self, stream: TcpStream, peer: SocketAddr) {
+        let Some(slot) = Slot::take(&self.shared) else {
+            warn!(
+                "{peer} refused: too many connections (limit {})",
+                self.shared.config.max_connections
+            );
+            refuse(stream, TOO_MANY_CONNECTIONS);
+            return;
+        };
+        let shared = Arc::clone(&self.shared);
+        let spawned = thread::Builder::new()
+            .name(format!("conn {peer}"))
+            .spawn(move || {
+                let open = slot.open();
+                info!("{peer} connected ({open} open)");
+                let end = Connection::new(stream, peer, &shared).serve();
+                drop(slot);
+                info!("{peer} disconnected: {end}");
+            });
+        if let Err(e) = spawned {
+            // The closure, with its socket and slot, is dropped: that one client is closed.
+            error!("{peer} dropped: cannot start a thread: {e}");
+        }
+    }
+}
+
+/// `host:port`, with brackets around an IPv6 host.
+fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+fn suppressed_note(suppressed: u64) -> String {
+    if suppressed == 0 {
+        String::new()
+    } else {
+        format!(" ({suppressed} similar lines suppressed)")
+    }
+}
+
+/// Sends a final error reply and closes, without waiting on a client that does not read.
+fn refuse(stream: TcpStream, message: &str) {
+    let mut reply = Vec::new();
+    protocol::write_error(&mut reply, message);
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+    let _ = (&stream).write_all(&reply);
+    let _ = stream.shutdown(Shutdown::Write);
+}
+
+/// One of the `max_connections` places; given back on drop, however the connection ends.
+struct Slot(Arc<Shared>);
+
+impl Slot {
+    fn take(shared: &Arc<Shared>) -> Option<Slot> {
+        let limit = shared.config.max_connections;
+        shared
+            .open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Slot(Arc::clone(shared)))
+    }
+
+    fn open(&self) -> usize {
+        self.0.open.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// How a connection ended, for the log.
+#[derive(Debug)]
+enum End {
+    ClientClosed,
+    Idle,
+    LineTooLong,
+    Http,
+    ReadFailed(io::Error),
+    WriteFailed(io::Error),
+}
+
+impl fmt::Display for End {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            End::ClientClosed => f.write_str("closed by client"),
+            End::Idle => f.write_str("idle timeout"),
+            End::LineTooLong => f.write_str("line too long"),
+            End::Http => f.write_str("http request on the metrics port"),
+            End::ReadFailed(e) => write!(f, "read failed: {e}"),
+            End::WriteFailed(e) => write!(f, "write failed: {e}"),
+        }
+    }
+}
+
+/// A reply decided under the lock and written after it is released.
+enum Reply {
+    Ok,
+    Error(&'static str),
+    Points(Snapshot),
+}
+
+/// Bytes read but not yet answered: `buf[start..end]`. The buffer grows only while a single
+/// line is longer than it, and never past the line limit plus one read.
+struct Input {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl Input {
+    fn pending(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    /// Makes room for one more read.
+    fn reserve(&mut self, most: usize) {
+        if self.start == self.end {
+            (self.start, self.end) = (0, 0);
+        }
+        if self.buf.len() - self.end >= READ_BYTES / 2 {
+            return;
+        }
+        self.buf.copy_within(self.start..self.end, 0);
+        (self.start, self.end) = (0, self.end - self.start);
+        if self.buf.len() - self.end < READ_BYTES / 2 {
+            let grown = (self.buf.len() * 2).min(most).max(self.end + READ_BYTES);
+            self.buf.resize(grown, 0);
+        }
+    }
+}
+
+struct Connection<'a> {
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: &'a Shared,
+    input: Input,
+    output: Vec<u8>,
+    replies: Vec<Reply>,
+    log_limit: RateLimit,
+}
+
+impl<'a> Connection<'a> {
+    fn new(stream: TcpStream, peer: SocketAddr, shared: &'a Shared) -> Self {
+        Connection {
+            stream,
+            peer,
+            shared,
+            input: Input {
+                buf: vec![0; READ_BYTES],
+                start: 0,
+                end: 0,
+            },
+            output: Vec::new(),
+            replies: Vec::new(),
+            log_limit: RateLimit::new(LOG_LINES_PER_SECOND),
+        }
+    }
+
+    fn serve(mut self) -> End {
+        let config = &self.shared.config;
+        let configured = self
+            .stream
+            .set_read_timeout(config.idle_timeout)
+            .and_then(|()| self.stream.set_write_timeout(Some(config.write_timeout)))
+            .and_then(|()| self.stream.set_nodelay(true));
+        if let Err(e) = configured {
+            return End::ReadFailed(e);
+        }
+        let max_line = config.max_line_bytes;
+        loop {
+            self.input.reserve(max_line + READ_BYTES + 1);
+            let read = self.stream.read(&mut self.input.buf[self.input.end..]);
+            match read {
+                Ok(0) => return End::ClientClosed,
+                Ok(n) => self.input.end += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return End::Idle
+                }
+                Err(e) => return End::ReadFailed(e),
+            }
+            let mut end = self.answer_lines();
+            if end.is_none() && self.input.pending().len() > max_line {
+                self.replies.push(Reply::Error(LINE_TOO_LONG));
+                end = Some(End::LineTooLong);
+            }
+            if let Err(e) = self.send_replies() {
+                return End::WriteFailed(e);
+            }
+            if let Some(end) = end {
+                return end;
+            }
+        }
+    }
+
+    /// Answers every complete line in the input under one lock acquisition, queueing the
+    /// replies. Returns how the connection must end, if a line ends it.
+    fn answer_lines(&mut self) -> Option<End> {
+        let max_line = self.shared.config.max_line_bytes;
+        let mut store: Option<MutexGuard<'_, Store>> = None;
+        let mut end = None;
+        while let Some(len) = find_newline(self.input.pending()) {
+            let line = &self.input.buf[self.input.start..self.input.start + len];
+            if len > max_line {
+                self.replies.push(Reply::Error(LINE_TOO_LONG));
+                end = Some(End::LineTooLong);
+                break;
+            }
+            match Request::parse(line) {
+                Ok(None) => {}
+                Ok(Some(Request::Put {
+                    metric,
+                    value,
+                    timestamp,
+                })) => {
+                    let store = store.get_or_insert_with(|| self.shared.lock());
+                    store.put(metric, value, timestamp);
+                    self.replies.push(Reply::Ok);
+                }
+                Ok(Some(Request::Get(selector))) => {
+                    let store = store.get_or_insert_with(|| self.shared.lock());
+                    self.replies
+                        .push(Reply::Points(store.snapshot(selector, i64::MIN)));
+                }
+                Err(_) if is_http(line) => {
+                    // A browser or proxy talking to the wrong port: nothing it sent is applied.
+                    warn!("{} sent an http request; closing", self.peer);
+                    end = Some(End::Http);
+                    break;
+                }
+                Err(e) => {
+                    log_bad_request(&mut self.log_limit, self.peer, e, line);
+                    self.replies.push(Reply::Error(protocol::WRONG_COMMAND));
+                }
+            }
+            self.input.start += len + 1;
+        }
+        drop(store);
+        end
+    }
+
+    /// Formats the queued replies and writes them, in one write unless a large `get` streams.
+    fn send_replies(&mut self) -> io::Result<()> {
+        for reply in self.replies.drain(..) {
+            match reply {
+                Reply::Ok => self.output.extend_from_slice(protocol::OK),
+                Reply::Error(message) => protocol::write_error(&mut self.output, message),
+                Reply::Points(snapshot) => {
+                    self.output.extend_from_slice(b"ok\n");
+                    for (metric, value, timestamp) in snapshot.iter() {
+                        protocol::write_point(&mut self.output, metric, value, timestamp);
+                        if self.output.len() >= FLUSH_BYTES {
+                            self.stream.write_all(&self.output)?;
+                            self.output.clear();
+                        }
+                    }
+                    self.output.push(b'\n');
+                }
+            }
+        }
+        if !self.output.is_empty() {
+            self.stream.write_all(&self.output)?;
+            self.output.clear();
+        }
+        Ok(())
+    }
+}
+
+fn log_bad_request(limit: &mut RateLimit, peer: SocketAddr, e: RequestError, line: &[u8]) {
+    if let Some(suppressed) = limit.allow(Instant::now()) {
+        const SHOWN: usize = 60;
+        let shown = String::from_utf8_lossy(&line[..line.len().min(SHOWN)]);
+        warn!(
+            "{peer} bad request ({e}): {shown:?}{}",
+            suppressed_note(suppressed)
+        );
+    }
+}
+
+fn find_newline(bytes: &[u8]) -> Option<usize> {
+    bytes.iter().position(|&b| b == b'\n')
+}
+
+/// Whether a line is an HTTP/1.x request line (`METHOD target HTTP/1.x`) or a `Host:` header.
+pub fn is_http(line: &[u8]) -> bool {
+    const METHODS: [&[u8]; 9] = [
+        b"GET", b"POST", b"PUT", b"HEAD", b"OPTIONS", b"DELETE", b"PATCH", b"CONNECT", b"TRACE",
+    ];
+    let line = line.trim_ascii();
+    if line.len() >= 5 && line[..5].eq_ignore_ascii_case(b"host:") {
+        return true;
+    }
+    let mut parts = line.split(|&b| b == b' ').filter(|p| !p.is_empty());
+    let (Some(method), Some(_target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    METHODS.contains(&method)
+        && version.len() == 8
+        && version.starts_with(b"HTTP/1.")
+        && version[7].is_ascii_digit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_request_lines_are_recognised() {
+        for line in [
+            &b"GET / HTTP/1.1"[..],
+            b"POST /metrics HTTP/1.0\r",
+            b"OPTIONS * HTTP/1.1",
+            b"Host: localhost:8888",
+            b"host:x",
+        ] {
+            assert!(is_http(line), "{line:?}");
+        }
+        for line in [
+            &b"get / HTTP/1.1"[..],
+            b"GET /",
+            b"PUT a b c",
+            b"FETCH / HTTP/1.1",
+            b"GET / HTTP/2",
+            b"put host: 1 2",
+        ] {
+            assert!(!is_http(line), "{line:?}");
+        }
+    }
+
+    #[test]
+    fn host_port_brackets_ipv6() {
+        assert_eq!(host_port("127.0.0.1", 1), "127.0.0.1:1");
+        assert_eq!(host_port("::", 8888), "[::]:8888");
+    }
+}
