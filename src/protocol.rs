@@ -327,18 +327,10 @@ fn parse_small_int(text: &[u8]) -> i32 {
 }
 
 /// A fixed buffer that `fmt::Write` can fill without allocating.
+#[derive(Default)]
 struct StackText {
     bytes: [u8; 32],
     len: usize,
-}
-
-impl Default for StackText {
-    fn default() -> Self {
-        StackText {
-            bytes: [0; 32],
-            len: 0,
-        }
-    }
 }
 
 impl StackText {
@@ -622,9 +614,9 @@ mod tests {
         assert_eq!(line, b"put palm.cpu 10.0 1150864247\n");
     }
 
-    fn parse_reply(
-        lines: &[&[u8]],
-    ) -> Result<(Vec<Reply>, Vec<(String, f64, i64)>), MalformedReply> {
+    type OwnedPoint = (String, f64, i64);
+
+    fn parse_reply(lines: &[&[u8]]) -> Result<(Vec<Reply>, Vec<OwnedPoint>), MalformedReply> {
         let mut parser = ReplyParser::default();
         let mut replies = Vec::new();
         let mut points = Vec::new();
