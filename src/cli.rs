@@ -251,6 +251,21 @@ fn topic_named(name: &str) -> Option<Topic> {
 /// A [`UsageError`] for anything that cannot run: unknown command or option, wrong number of
 /// arguments, a value or timestamp that is not a number, a value that is not finite.
 pub fn parse(args: &[&str], env_addr: Option<&str>) -> Result<Command, UsageError> {
+    // `metrics --addr X get m` reads as `metrics get --addr X m`.
+    let mut leading = 0;
+    while let Some(arg) = args.get(leading) {
+        match *arg {
+            "--addr" | "--timeout" => leading += 2,
+            a if a.starts_with("--addr=") || a.starts_with("--timeout=") => leading += 1,
+            _ => break,
+        }
+    }
+    if leading > 0 && leading < args.len() {
+        let mut moved = vec![args[leading]];
+        moved.extend_from_slice(&args[..leading]);
+        moved.extend_from_slice(&args[leading + 1..]);
+        return parse(&moved, env_addr);
+    }
     let main = Args::new(&[], Topic::Main);
     let Some((&command, rest)) = args.split_first() else {
         return Err(main.error("no command given".into()));

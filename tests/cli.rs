@@ -1,0 +1,273 @@
+//! The `metrics` command line: output, exit codes, address selection, help.
+
+mod common;
+
+use assert_cmd::Command;
+use common::TestServer;
+use predicates::prelude::*;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::process::Stdio;
+
+fn metrics() -> Command {
+    let mut cmd = Command::cargo_bin("metrics").unwrap();
+    cmd.env_remove("METRICS_ADDR").timeout(common::PATIENCE);
+    cmd
+}
+
+fn client(server: &TestServer) -> Command {
+    let mut cmd = metrics();
+    cmd.args(["--addr", &server.addr_string()]);
+    cmd
+}
+
+/// The CLI takes options after the command, so `--addr` goes after `put`/`get`.
+fn run(server: &TestServer, args: &[&str]) -> assert_cmd::assert::Assert {
+    let mut cmd = metrics();
+    cmd.arg(args[0])
+        .args(["--addr", &server.addr_string()])
+        .args(&args[1..]);
+    cmd.assert()
+}
+
+#[test]
+fn put_then_get_prints_wire_lines() {
+    let server = TestServer::start();
+    run(&server, &["put", "palm.cpu", "0.5", "1150864247"])
+        .success()
+        .stdout("")
+        .stderr("");
+    run(&server, &["put", "palm.cpu", "-2", "1150864248"]).success();
+    run(&server, &["put", "eardrum.cpu", "1e16", "1150864250"]).success();
+    run(&server, &["get", "palm.cpu"])
+        .success()
+        .stdout("palm.cpu 0.5 1150864247\npalm.cpu -2.0 1150864248\n")
+        .stderr("");
+    run(&server, &["get", "*"]).success().stdout(
+        "eardrum.cpu 1e+16 1150864250\npalm.cpu 0.5 1150864247\npalm.cpu -2.0 1150864248\n",
+    );
+    run(&server, &["get", "nothing"]).success().stdout("");
+}
+
+#[test]
+fn put_without_timestamp_uses_now() {
+    let server = TestServer::start();
+    let before = metrics::client::now();
+    run(&server, &["put", "now", "1"]).success();
+    let out = run(&server, &["get", "now"])
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let line = String::from_utf8(out).unwrap();
+    let timestamp: i64 = line.trim().rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(
+        timestamp >= before && timestamp <= metrics::client::now(),
+        "{line}"
+    );
+}
+
+#[test]
+fn metrics_addr_environment_variable_selects_the_server() {
+    let server = TestServer::start();
+    metrics()
+        .env("METRICS_ADDR", server.addr_string())
+        .args(["put", "env.metric", "3", "3"])
+        .assert()
+        .success();
+    // --addr wins over the environment.
+    metrics()
+        .env("METRICS_ADDR", "127.0.0.1:1")
+        .args(["get", "--addr", &server.addr_string(), "env.metric"])
+        .assert()
+        .success()
+        .stdout("env.metric 3.0 3\n");
+}
+
+#[test]
+fn unreachable_server_exits_1_with_a_message() {
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    metrics()
+        .args(["get", "--addr", &addr, "x"])
+        .assert()
+        .code(1)
+        .stdout("")
+        .stderr(predicate::str::starts_with(format!(
+            "metrics: cannot connect to {addr}: "
+        )));
+    metrics()
+        .env("METRICS_ADDR", &addr)
+        .args(["put", "x", "1", "1"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::starts_with("metrics: cannot connect"));
+}
+
+#[test]
+fn an_error_reply_exits_1_with_the_server_message() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let fake = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        let mut line = String::new();
+        BufReader::new(&stream).read_line(&mut line).unwrap();
+        (&stream).write_all(b"error\ndisk full\n\n").unwrap();
+    });
+    metrics()
+        .args(["put", "--addr", &addr, "x", "1", "1"])
+        .assert()
+        .code(1)
+        .stderr("metrics: server replied with an error: disk full\n");
+    fake.join().unwrap();
+}
+
+#[test]
+fn a_malformed_reply_exits_1() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let fake = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        let mut line = String::new();
+        BufReader::new(&stream).read_line(&mut line).unwrap();
+        (&stream).write_all(b"ok\npalm.cpu 10.5 12 13\n\n").unwrap();
+    });
+    metrics()
+        .args(["get", "--addr", &addr, "palm.cpu"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::starts_with(
+            "metrics: malformed reply from the server",
+        ));
+    fake.join().unwrap();
+}
+
+#[test]
+fn usage_errors_exit_2_before_connecting() {
+    // No server anywhere: a usage error must be decided without trying to connect.
+    let cases: &[(&[&str], &str)] = &[
+        (&[], "no command given"),
+        (&["frobnicate"], "unknown command 'frobnicate'"),
+        (&["put", "m"], "wrong number of arguments for 'put'"),
+        (
+            &["put", "m", "1", "2", "3"],
+            "wrong number of arguments for 'put'",
+        ),
+        (&["put", "m", "abc"], "value is not a number: 'abc'"),
+        (&["put", "m", "nan", "1"], "value must be finite: 'nan'"),
+        (&["put", "m", "inf"], "value must be finite: 'inf'"),
+        (
+            &["put", "m", "1", "soon"],
+            "timestamp is not a whole number of seconds: 'soon'",
+        ),
+        (&["get"], "wrong number of arguments for 'get'"),
+        (&["get", "--port", "1", "m"], "unknown option '--port'"),
+        (&["server", "notaport"], "invalid port 'notaport'"),
+    ];
+    for (args, message) in cases {
+        metrics()
+            .env("METRICS_ADDR", "127.0.0.1:1")
+            .args(*args)
+            .assert()
+            .code(2)
+            .stdout("")
+            .stderr(predicate::str::starts_with(format!(
+                "metrics: {message}\nusage: metrics "
+            )))
+            .stderr(predicate::str::ends_with("\n").and(predicate::str::contains("\n").count(2)));
+    }
+}
+
+#[test]
+fn help_goes_to_stdout_and_exits_0() {
+    for args in [&["--help"][..], &["-h"], &["help"]] {
+        metrics()
+            .args(args)
+            .assert()
+            .success()
+            .stdout(predicate::str::contains("usage: metrics <command>"))
+            .stderr("");
+    }
+    for (args, usage) in [
+        (&["put", "--help"][..], "usage: metrics put "),
+        (&["help", "put"], "usage: metrics put "),
+        (&["get", "--help"], "usage: metrics get "),
+        (&["server", "--help"], "usage: metrics server "),
+        (&["help", "server"], "--max-connections"),
+    ] {
+        metrics()
+            .args(args)
+            .assert()
+            .success()
+            .stdout(predicate::str::contains(usage));
+    }
+    metrics()
+        .arg("--version")
+        .assert()
+        .success()
+        .stdout(format!("metrics {}\n", env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn a_port_in_use_exits_1_naming_the_address() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    metrics()
+        .args(["server", &port])
+        .assert()
+        .code(1)
+        .stdout("")
+        .stderr(predicate::str::starts_with(format!(
+            "metrics: cannot listen on 127.0.0.1:{port}: "
+        )));
+}
+
+#[test]
+fn a_closed_stdout_is_not_an_error() {
+    let server = TestServer::start();
+    let mut load = server.connect();
+    let mut batch = Vec::new();
+    for t in 0..100_000 {
+        batch.extend_from_slice(format!("put closed.stdout {t} {t}\n").as_bytes());
+    }
+    load.write_all(&batch).unwrap();
+    common::expect(&mut load, &b"ok\n\n".repeat(100_000));
+    // `metrics get '*' | head -n 1`: read one line, then close the pipe.
+    let mut child = std::process::Command::new(common::binary())
+        .args(["get", "--addr", &server.addr_string(), "*"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert_eq!(first, "closed.stdout 0.0 0\n");
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&output.stderr), "");
+    assert_eq!(output.status.code(), Some(0));
+}
+
+#[test]
+fn client_options_may_come_before_the_command() {
+    let server = TestServer::start();
+    client(&server)
+        .args(["put", "early", "1", "1"])
+        .assert()
+        .success();
+    metrics()
+        .args([
+            &format!("--addr={}", server.addr_string()),
+            "--timeout",
+            "5",
+            "get",
+            "early",
+        ])
+        .assert()
+        .success()
+        .stdout("early 1.0 1\n");
+}

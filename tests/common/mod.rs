@@ -1,0 +1,194 @@
+//! Test fixture: runs the real `metrics` binary on port 0, reads its `listening on` line, and
+//! kills it on drop. Also the raw-socket helpers the wire tests share.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long any single wait in a test may take before the test fails instead of hanging.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_metrics")
+}
+
+/// Everything the server wrote to stderr so far, and a signal for each new piece.
+#[derive(Default)]
+struct Log {
+    text: Mutex<String>,
+    grew: Condvar,
+}
+
+pub struct TestServer {
+    child: Child,
+    pub addr: SocketAddr,
+    log: Arc<Log>,
+}
+
+impl TestServer {
+    pub fn start() -> TestServer {
+        TestServer::start_with(&[])
+    }
+
+    /// `metrics server 0 ARGS...`, once it has said where it listens.
+    pub fn start_with(args: &[&str]) -> TestServer {
+        let mut child = Command::new(binary())
+            .arg("server")
+            .arg("0")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start metrics server");
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Log::default());
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stderr);
+            let mut line = String::new();
+            while lines.read_line(&mut line).is_ok_and(|n| n > 0) {
+                sink.text.lock().unwrap().push_str(&line);
+                sink.grew.notify_all();
+                line.clear();
+            }
+        });
+        let mut first = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut first)
+            .expect("read the listening line");
+        let addr = first
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
+            .parse()
+            .expect("listening address");
+        TestServer { child, addr, log }
+    }
+
+    pub fn addr_string(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// A raw connection whose reads give up after [`PATIENCE`].
+    pub fn connect(&self) -> TcpStream {
+        let stream = TcpStream::connect(self.addr).expect("connect");
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        stream.set_write_timeout(Some(PATIENCE)).unwrap();
+        stream
+    }
+
+    pub fn client(&self) -> metrics::Client {
+        metrics::Client::connect(self.addr, Some(PATIENCE)).expect("client connects")
+    }
+
+    pub fn logs(&self) -> String {
+        self.log.text.lock().unwrap().clone()
+    }
+
+    /// Waits until stderr holds `count` lines containing `needle`; false after [`PATIENCE`].
+    pub fn wait_for_log(&self, needle: &str, count: usize) -> bool {
+        let deadline = Instant::now() + PATIENCE;
+        let mut text = self.log.text.lock().unwrap();
+        loop {
+            if text.matches(needle).count() >= count {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            text = self.log.grew.wait_timeout(text, left).unwrap().0;
+        }
+    }
+
+    /// Whether the server process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+
+    /// Every point as the server's `get *` reply body (`metric value timestamp` lines).
+    pub fn dump(&self) -> String {
+        let mut stream = self.connect();
+        stream.write_all(b"get *\n").unwrap();
+        read_reply(&mut stream)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends `request` and checks that exactly `expected` comes back.
+pub fn exchange(stream: &mut TcpStream, request: &[u8], expected: &[u8]) {
+    stream.write_all(request).unwrap();
+    expect(stream, expected);
+}
+
+/// Reads exactly `expected.len()` bytes and compares them.
+pub fn expect(stream: &mut TcpStream, expected: &[u8]) {
+    let mut got = vec![0; expected.len()];
+    stream
+        .read_exact(&mut got)
+        .unwrap_or_else(|e| panic!("reading {:?}: {e}", String::from_utf8_lossy(expected)));
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        String::from_utf8_lossy(expected)
+    );
+}
+
+/// Reads one `ok` reply and returns its body, the point lines; panics on anything else.
+pub fn read_reply(stream: &mut TcpStream) -> String {
+    let mut reader = BufReader::new(stream);
+    let mut status = String::new();
+    reader.read_line(&mut status).unwrap();
+    assert_eq!(status, "ok\n");
+    let mut body = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(reader.read_line(&mut line).unwrap() > 0, "reply cut short");
+        if line == "\n" {
+            assert!(reader.buffer().is_empty(), "bytes after the reply");
+            return body;
+        }
+        body.push_str(&line);
+    }
+}
+
+/// Reads until the server closes the connection; returns what it sent.
+pub fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    match stream.read_to_end(&mut got) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("waiting for the server to close: {e}"),
+    }
+    got
+}
+
+/// A small deterministic generator, so load and fuzz tests replay exactly.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
