@@ -11,6 +11,7 @@
 use crate::protocol::{self, Request, RequestError};
 use crate::store::{Snapshot, Store};
 use crate::{error, info, log::RateLimit, warn};
+use std::collections::TryReserveError;
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -98,10 +99,15 @@ impl Shared {
 /// The reply to a connection-level refusal, sent before closing.
 const TOO_MANY_CONNECTIONS: &str = "too many connections";
 const LINE_TOO_LONG: &str = "line too long";
+/// Stack of a connection thread: the handler is shallow, and 1024 threads stay small.
+const THREAD_STACK_BYTES: usize = 256 * 1024;
 /// Bytes asked of the socket per read, and the initial input buffer.
 const READ_BYTES: usize = 16 * 1024;
 /// Reply bytes gathered before a write while streaming a large `get`.
 const FLUSH_BYTES: usize = 64 * 1024;
+/// How long, and how many bytes, a connection closed for a bad line is drained before closing.
+const LINGER_TIME: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 1 << 20;
 /// Error lines logged per connection per second; the rest are counted.
 const LOG_LINES_PER_SECOND: u32 = 5;
 
@@ -139,19 +145,20 @@ impl Server {
     /// Accepts and serves connections until the process ends.
     pub fn run(self) {
         let mut backoff = Duration::ZERO;
-        let mut accept_errors = RateLimit::new(LOG_LINES_PER_SECOND);
+        // Refusals and failures here come from many clients: one limiter bounds them all.
+        let mut log_limit = RateLimit::new(LOG_LINES_PER_SECOND);
         loop {
             match self.listener.accept() {
                 Ok((stream, peer)) => {
                     backoff = Duration::ZERO;
-                    self.admit(stream, peer);
+                    self.admit(stream, peer, &mut log_limit);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     // Out of file descriptors and the like: wait for clients to leave, don't spin.
                     backoff =
                         (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
-                    if let Some(suppressed) = accept_errors.allow(Instant::now()) {
+                    if let Some(suppressed) = log_limit.allow(Instant::now()) {
                         error!(
                             "accept failed: {e}; retrying in {backoff:?}{}",
                             suppressed_note(suppressed)
@@ -163,28 +170,37 @@ impl Server {
         }
     }
 
-    fn admit(&self, stream: TcpStream, peer: SocketAddr) {
+    fn admit(&self, stream: TcpStream, peer: SocketAddr, log_limit: &mut RateLimit) {
         let Some(slot) = Slot::take(&self.shared) else {
-            warn!(
-                "{peer} refused: too many connections (limit {})",
-                self.shared.config.max_connections
-            );
+            if let Some(suppressed) = log_limit.allow(Instant::now()) {
+                warn!(
+                    "{peer} refused: too many connections (limit {}){}",
+                    self.shared.config.max_connections,
+                    suppressed_note(suppressed)
+                );
+            }
             refuse(stream, TOO_MANY_CONNECTIONS);
             return;
         };
         let shared = Arc::clone(&self.shared);
         let spawned = thread::Builder::new()
             .name(format!("conn {peer}"))
+            .stack_size(THREAD_STACK_BYTES)
             .spawn(move || {
-                let open = slot.open();
-                info!("{peer} connected ({open} open)");
-                let end = Connection::new(stream, peer, &shared).serve();
+                info!("{peer} connected ({} open)", slot.open());
+                let (end, suppressed) = Connection::new(stream, peer, &shared).run();
+                // The place is free before the line saying so is written.
                 drop(slot);
-                info!("{peer} disconnected: {end}");
+                info!("{peer} disconnected: {end}{}", suppressed_note(suppressed));
             });
         if let Err(e) = spawned {
             // The closure, with its socket and slot, is dropped: that one client is closed.
-            error!("{peer} dropped: cannot start a thread: {e}");
+            if let Some(suppressed) = log_limit.allow(Instant::now()) {
+                error!(
+                    "{peer} dropped: cannot start a thread: {e}{}",
+                    suppressed_note(suppressed)
+                );
+            }
         }
     }
 }
@@ -250,6 +266,7 @@ enum End {
     Http,
     ReadFailed(io::Error),
     WriteFailed(io::Error),
+    NoMemory(TryReserveError),
 }
 
 impl fmt::Display for End {
@@ -261,6 +278,7 @@ impl fmt::Display for End {
             End::Http => f.write_str("http request on the metrics port"),
             End::ReadFailed(e) => write!(f, "read failed: {e}"),
             End::WriteFailed(e) => write!(f, "write failed: {e}"),
+            End::NoMemory(e) => write!(f, "cannot allocate a read buffer: {e}"),
         }
     }
 }
@@ -285,20 +303,23 @@ impl Input {
         &self.buf[self.start..self.end]
     }
 
-    /// Makes room for one more read.
-    fn reserve(&mut self, most: usize) {
+    /// Makes room for one more read. Allocation failure is an error, not an abort: under memory
+    /// pressure one connection closes and the server lives on.
+    fn reserve(&mut self, most: usize) -> Result<(), TryReserveError> {
         if self.start == self.end {
             (self.start, self.end) = (0, 0);
         }
         if self.buf.len() - self.end >= READ_BYTES / 2 {
-            return;
+            return Ok(());
         }
         self.buf.copy_within(self.start..self.end, 0);
         (self.start, self.end) = (0, self.end - self.start);
         if self.buf.len() - self.end < READ_BYTES / 2 {
             let grown = (self.buf.len() * 2).min(most).max(self.end + READ_BYTES);
+            self.buf.try_reserve_exact(grown - self.buf.len())?;
             self.buf.resize(grown, 0);
         }
+        Ok(())
     }
 }
 
@@ -319,7 +340,7 @@ impl<'a> Connection<'a> {
             peer,
             shared,
             input: Input {
-                buf: vec![0; READ_BYTES],
+                buf: Vec::new(),
                 start: 0,
                 end: 0,
             },
@@ -329,7 +350,32 @@ impl<'a> Connection<'a> {
         }
     }
 
-    fn serve(mut self) -> End {
+    /// Serves until the connection ends; returns why, and how many log lines were suppressed.
+    fn run(mut self) -> (End, u64) {
+        let end = self.serve();
+        if matches!(end, End::LineTooLong) {
+            self.linger();
+        }
+        (end, self.log_limit.suppressed())
+    }
+
+    /// After a final error reply, reads and drops what the client is still sending, for a
+    /// bounded time and amount, so that closing does not reset the connection before the
+    /// client has read the reply.
+    fn linger(&mut self) {
+        let _ = self.stream.shutdown(Shutdown::Write);
+        let _ = self.stream.set_read_timeout(Some(LINGER_TIME));
+        let started = Instant::now();
+        let mut drained = 0;
+        while drained < LINGER_BYTES && started.elapsed() < LINGER_TIME {
+            match self.stream.read(&mut self.input.buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            }
+        }
+    }
+
+    fn serve(&mut self) -> End {
         let config = &self.shared.config;
         let configured = self
             .stream
@@ -341,7 +387,9 @@ impl<'a> Connection<'a> {
         }
         let max_line = config.max_line_bytes;
         loop {
-            self.input.reserve(max_line + READ_BYTES + 1);
+            if let Err(e) = self.input.reserve(max_line + READ_BYTES + 1) {
+                return End::NoMemory(e);
+            }
             let read = self.stream.read(&mut self.input.buf[self.input.end..]);
             match read {
                 Ok(0) => return End::ClientClosed,
@@ -505,6 +553,27 @@ mod tests {
         ] {
             assert!(!is_http(line), "{line:?}");
         }
+    }
+
+    #[test]
+    fn a_panic_while_holding_the_lock_does_not_stop_other_clients() {
+        let shared = Arc::new(Shared {
+            store: Mutex::new(Store::new()),
+            config: Config::default(),
+            open: AtomicUsize::new(0),
+        });
+        shared.lock().put("m", 1.0, 1);
+        let poisoner = Arc::clone(&shared);
+        let panicked = thread::spawn(move || {
+            let _guard = poisoner.lock();
+            panic!("a connection thread fails while holding the lock");
+        })
+        .join();
+        assert!(panicked.is_err());
+        assert!(shared.store.is_poisoned());
+        let mut store = shared.lock();
+        store.put("m", 2.0, 2);
+        assert_eq!(store.points(), 2);
     }
 
     #[test]

@@ -35,10 +35,14 @@ impl TestServer {
 
     /// `metrics server 0 ARGS...`, once it has said where it listens.
     pub fn start_with(args: &[&str]) -> TestServer {
-        let mut child = Command::new(binary())
-            .arg("server")
-            .arg("0")
-            .args(args)
+        let mut command = Command::new(binary());
+        command.arg("server").arg("0").args(args);
+        TestServer::start_command(command)
+    }
+
+    /// Runs `command`, which must start the server on port 0 (perhaps through a shell).
+    pub fn start_command(mut command: Command) -> TestServer {
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -104,6 +108,17 @@ impl TestServer {
             }
             text = self.log.grew.wait_timeout(text, left).unwrap().0;
         }
+    }
+
+    /// The server's peak resident memory so far, from /proc (Linux).
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("read /proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc status")
     }
 
     /// Whether the server process is still running.
