@@ -101,7 +101,8 @@ fn connections_beyond_the_cap_are_refused_and_places_come_back() {
 #[test]
 fn a_place_is_freed_however_a_client_leaves() {
     let server = TestServer::start_with(&["--max-connections", "1", "--idle-timeout", "0.3"]);
-    let leave: [(&str, &dyn Fn(&mut TcpStream)); 4] = [
+    type Leave<'a> = (&'a str, &'a dyn Fn(&mut TcpStream));
+    let leave: [Leave; 4] = [
         ("closed by client", &|_| {}),
         ("line too long", &|s| {
             let _ = s.write_all(&vec![b'z'; 100_000]);
