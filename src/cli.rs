@@ -4,6 +4,8 @@
 //! error (a message and a one-line usage hint on stderr, decided before any connection).
 //! Data goes to stdout, diagnostics to stderr, `--help` to stdout; a closed stdout is not an error.
 
+use crate::bench::{self, BenchConfig, Workload};
+use crate::bulk;
 use crate::client::Client;
 use crate::protocol::{self, RequestError};
 use crate::server::{Config, Server};
@@ -28,6 +30,7 @@ pub enum Topic {
     Server,
     Put,
     Get,
+    Bench,
 }
 
 impl Topic {
@@ -35,8 +38,9 @@ impl Topic {
         match self {
             Topic::Main => "usage: metrics <server|put|get|help> [ARGS...]",
             Topic::Server => "usage: metrics server [PORT] [--host ADDR] [--max-line-bytes N] [--max-connections N] [--idle-timeout SECS] [--write-timeout SECS]",
-            Topic::Put => "usage: metrics put [--addr HOST:PORT] [--timeout SECS] METRIC VALUE [TIMESTAMP]",
+            Topic::Put => "usage: metrics put [--addr HOST:PORT] [--timeout SECS] METRIC VALUE [TIMESTAMP] | -",
             Topic::Get => "usage: metrics get [--addr HOST:PORT] [--timeout SECS] METRIC",
+            Topic::Bench => "usage: metrics bench [--addr HOST:PORT] [-c N] [-n N] [-P N] [--keys N] [--workload put|get|mixed]",
         }
     }
 
@@ -46,6 +50,7 @@ impl Topic {
             Topic::Server => HELP_SERVER,
             Topic::Put => HELP_PUT,
             Topic::Get => HELP_GET,
+            Topic::Bench => HELP_BENCH,
         }
     }
 }
@@ -58,7 +63,9 @@ usage: metrics <command> [ARGS...]
 commands:
   server [PORT]                   serve metrics over TCP (default port 8888)
   put METRIC VALUE [TIMESTAMP]    store one point (timestamp defaults to now)
+  put -                           store the 'metric value [timestamp]' lines of stdin
   get METRIC                      print a metric's points; '*' prints every metric
+  bench                           measure a server's throughput and latency
   help [COMMAND]                  show help for a command
 
 options:
@@ -85,13 +92,35 @@ options:
 
 const HELP_PUT: &str = "\
 usage: metrics put [OPTIONS] METRIC VALUE [TIMESTAMP]
+       metrics put [OPTIONS] -
 
 Stores VALUE for METRIC at TIMESTAMP (whole seconds since the epoch; default now).
 Prints nothing on success.
 
+With '-', reads lines 'metric value [timestamp]' from stdin (what 'metrics get'
+prints; Graphite's plaintext format) and sends them pipelined over one connection.
+Each rejected line is reported on stderr with its line number, and the exit code
+is then 1; every other line is stored.
+
 options:
   --addr HOST:PORT         server address (default $METRICS_ADDR, else 127.0.0.1:8888)
   --timeout SECS           connect, read and write timeout (default 15; 0 = none)
+";
+
+const HELP_BENCH: &str = "\
+usage: metrics bench [OPTIONS]
+
+Loads a server the way redis-benchmark does and prints requests per second, latency
+p50/p99/max and errors. Put requests write increasing timestamps to each key.
+
+options:
+  --addr HOST:PORT         server address (default $METRICS_ADDR, else 127.0.0.1:8888)
+  --timeout SECS           connect, read and write timeout (default 15; 0 = none)
+  -c, --connections N      connections (default 50)
+  -n, --requests N         requests in all (default 100000)
+  -P, --pipeline N         requests per batch on a connection (default 1)
+  --keys N                 distinct metrics (default 1000)
+  --workload KIND          put, get, or mixed (9 puts to 1 get) (default put)
 ";
 
 const HELP_GET: &str = "\
@@ -124,10 +153,14 @@ pub enum Command {
         value: f64,
         timestamp: Option<i64>,
     },
+    PutStdin {
+        connect: Connect,
+    },
     Get {
         connect: Connect,
         metric: String,
     },
+    Bench(BenchConfig),
 }
 
 /// A command line that cannot be run; exit code 2.
@@ -241,6 +274,7 @@ fn topic_named(name: &str) -> Option<Topic> {
         "server" => Some(Topic::Server),
         "put" => Some(Topic::Put),
         "get" => Some(Topic::Get),
+        "bench" => Some(Topic::Bench),
         _ => None,
     }
 }
@@ -282,6 +316,7 @@ pub fn parse(args: &[&str], env_addr: Option<&str>) -> Result<Command, UsageErro
         },
         "server" => parse_server(rest),
         "put" | "get" => parse_client(command, rest, env_addr),
+        "bench" => parse_bench(rest, env_addr),
         _ => Err(main.error(format!("unknown command '{command}'"))),
     }
 }
@@ -354,9 +389,7 @@ fn parse_client(
         }
     }
     let connect = Connect {
-        addr: addr
-            .or_else(|| env_addr.filter(|a| !a.is_empty()).map(String::from))
-            .unwrap_or_else(|| DEFAULT_ADDR.to_string()),
+        addr: server_addr(addr, env_addr),
         timeout,
     };
     let check_metric = |metric: &str| {
@@ -367,6 +400,7 @@ fn parse_client(
         }
     };
     match (topic, positional.as_slice()) {
+        (Topic::Put, ["-"]) => Ok(Command::PutStdin { connect }),
         (Topic::Put, [metric, value, rest @ ..]) if rest.len() <= 1 => {
             if *metric == "*" {
                 return Err(args.error("metric name '*' is reserved for get".into()));
@@ -398,6 +432,44 @@ fn parse_client(
         }),
         _ => Err(args.error(format!("wrong number of arguments for '{command}'"))),
     }
+}
+
+/// The server address: `--addr`, else `$METRICS_ADDR`, else the default.
+fn server_addr(flag: Option<String>, env_addr: Option<&str>) -> String {
+    flag.or_else(|| env_addr.filter(|a| !a.is_empty()).map(String::from))
+        .unwrap_or_else(|| DEFAULT_ADDR.to_string())
+}
+
+fn parse_bench(args: &[&str], env_addr: Option<&str>) -> Result<Command, UsageError> {
+    let mut args = Args::new(args, Topic::Bench);
+    let mut config = BenchConfig::default();
+    let mut addr = None;
+    while let Some(arg) = args.next(&["-h", "-c", "-n", "-P"])? {
+        match arg {
+            Arg::Option("-h" | "--help") => return Ok(Command::Help(Topic::Bench)),
+            Arg::Option("--addr") => addr = Some(args.value("--addr")?.to_string()),
+            Arg::Option("--timeout") => config.timeout = args.seconds("--timeout")?,
+            Arg::Option("-c" | "--connections") => config.connections = args.number("-c")?,
+            Arg::Option("-n" | "--requests") => config.requests = args.number("-n")?,
+            Arg::Option("-P" | "--pipeline") => config.pipeline = args.number("-P")?,
+            Arg::Option("--keys") => config.keys = args.number("--keys")?,
+            Arg::Option("--workload") => {
+                let text = args.value("--workload")?;
+                config.workload = Workload::parse(text).ok_or_else(|| {
+                    args.error(format!("unknown workload '{text}' (put, get or mixed)"))
+                })?;
+            }
+            Arg::Option(other) => return Err(args.error(format!("unknown option '{other}'"))),
+            Arg::Positional(text) => {
+                return Err(args.error(format!("unexpected argument '{text}'")))
+            }
+        }
+    }
+    if config.connections == 0 || config.pipeline == 0 || config.keys == 0 {
+        return Err(args.error("-c, -P and --keys must be at least 1".into()));
+    }
+    config.addr = server_addr(addr, env_addr);
+    Ok(Command::Bench(config))
 }
 
 /// Runs the program: the whole of `main`.
@@ -450,7 +522,16 @@ fn execute(command: Command) -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => failure(e),
         },
+        Command::PutStdin { connect } => put_stdin(&connect),
         Command::Get { connect, metric } => get(&connect, &metric),
+        Command::Bench(config) => match bench::run(&config) {
+            Ok(report) if report.errors == 0 => print_quietly(&report.to_string()),
+            Ok(report) => {
+                print_quietly(&report.to_string());
+                failure(format!("{} requests failed", report.errors))
+            }
+            Err(e) => failure(e),
+        },
     }
 }
 
@@ -477,6 +558,21 @@ fn serve(config: Config) -> ExitCode {
     drop(stdout);
     server.run();
     ExitCode::SUCCESS
+}
+
+fn put_stdin(connect: &Connect) -> ExitCode {
+    let stdin = io::stdin().lock();
+    match bulk::put_lines(
+        stdin,
+        &connect.addr,
+        connect.timeout,
+        &bulk::report_to_stderr,
+    ) {
+        // Each rejected line has been reported already.
+        Ok(summary) if summary.rejected == 0 => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::FAILURE,
+        Err(e) => failure(e),
+    }
 }
 
 fn get(connect: &Connect, metric: &str) -> ExitCode {

@@ -4,7 +4,7 @@
 use crate::protocol::{MalformedReply, Reply, ReplyParser, Request, Selector};
 use std::collections::BTreeMap;
 use std::fmt;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::ops::ControlFlow;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -75,14 +75,141 @@ impl From<MalformedReply> for ClientError {
     }
 }
 
+/// Opens a TCP connection to `addr`; `timeout` bounds the connect and every later read and
+/// write. The building block of [`Client`], `metrics put -` and `metrics bench`.
+///
+/// # Errors
+/// [`ClientError::Resolve`] or [`ClientError::Connect`].
+pub fn connect_stream<A: ToSocketAddrs>(
+    addr: A,
+    timeout: Option<Duration>,
+) -> Result<TcpStream, ClientError> {
+    let mut last = None;
+    for candidate in addr.to_socket_addrs().map_err(ClientError::Resolve)? {
+        let attempt = match timeout {
+            Some(t) => TcpStream::connect_timeout(&candidate, t),
+            None => TcpStream::connect(candidate),
+        };
+        let configured = attempt.and_then(|stream| {
+            stream.set_read_timeout(timeout)?;
+            stream.set_write_timeout(timeout)?;
+            stream.set_nodelay(true)?;
+            Ok(stream)
+        });
+        match configured {
+            Ok(stream) => return Ok(stream),
+            Err(source) => {
+                last = Some(ClientError::Connect {
+                    addr: candidate.to_string(),
+                    source,
+                })
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        ClientError::Resolve(io::Error::new(
+            io::ErrorKind::NotFound,
+            "no addresses found",
+        ))
+    }))
+}
+
+/// Reads whole replies from a byte stream, a large buffer at a time.
+#[derive(Debug)]
+pub struct ReplyReader<R> {
+    inner: R,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    parser: ReplyParser,
+    reads: u64,
+}
+
+impl<R: Read> ReplyReader<R> {
+    /// How many reads from the stream have returned data so far; replies parsed between two
+    /// changes of this number arrived together.
+    pub fn reads(&self) -> u64 {
+        self.reads
+    }
+
+    /// Wraps a stream positioned at the start of a reply.
+    pub fn new(inner: R) -> Self {
+        ReplyReader {
+            inner,
+            buf: vec![0; 64 * 1024],
+            start: 0,
+            end: 0,
+            parser: ReplyParser::default(),
+            reads: 0,
+        }
+    }
+
+    /// Reads one reply. Its points go to `each` as they are read; if `each` breaks, the rest of
+    /// the reply is left unread and `Ok(None)` is returned.
+    ///
+    /// # Errors
+    /// [`ClientError::Io`] when the stream fails, times out or ends mid-reply;
+    /// [`ClientError::Malformed`] for a reply that breaks the protocol or a line over
+    /// [`MAX_REPLY_LINE`] bytes.
+    pub fn read_reply(
+        &mut self,
+        each: &mut dyn FnMut(&str, f64, i64) -> ControlFlow<()>,
+    ) -> Result<Option<Reply>, ClientError> {
+        loop {
+            let pending = &self.buf[self.start..self.end];
+            if let Some(len) = pending.iter().position(|&b| b == b'\n') {
+                let line = &pending[..len];
+                self.start += len + 1;
+                let mut stopped = false;
+                let reply = self.parser.feed(line, |metric, value, timestamp| {
+                    stopped = stopped || each(metric, value, timestamp).is_break();
+                })?;
+                if stopped {
+                    return Ok(None);
+                }
+                match reply {
+                    Some(reply) => return Ok(Some(reply)),
+                    None => continue,
+                }
+            }
+            self.fill()?;
+        }
+    }
+
+    /// Reads more bytes, keeping the partial line at the front of the buffer.
+    fn fill(&mut self) -> Result<(), ClientError> {
+        let partial = self.end - self.start;
+        if partial as u64 >= MAX_REPLY_LINE {
+            return Err(ClientError::Malformed(format!(
+                "a reply line is longer than {MAX_REPLY_LINE} bytes"
+            )));
+        }
+        self.buf.copy_within(self.start..self.end, 0);
+        (self.start, self.end) = (0, partial);
+        if self.end == self.buf.len() {
+            self.buf.resize(self.buf.len() * 2, 0);
+        }
+        loop {
+            match self.inner.read(&mut self.buf[self.end..]) {
+                Ok(0) => return Err(ClientError::Io(io::ErrorKind::UnexpectedEof.into())),
+                Ok(n) => {
+                    self.end += n;
+                    self.reads += 1;
+                    return Ok(());
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(ClientError::Io(e)),
+            }
+        }
+    }
+}
+
 /// A connection to a metrics server.
 #[derive(Debug)]
 pub struct Client {
-    reader: BufReader<TcpStream>,
+    reader: ReplyReader<TcpStream>,
     writer: TcpStream,
     request: Vec<u8>,
-    line: Vec<u8>,
-    parser: ReplyParser,
 }
 
 impl Client {
@@ -94,40 +221,11 @@ impl Client {
         addr: A,
         timeout: Option<Duration>,
     ) -> Result<Client, ClientError> {
-        let mut last = None;
-        for candidate in addr.to_socket_addrs().map_err(ClientError::Resolve)? {
-            let attempt = match timeout {
-                Some(t) => TcpStream::connect_timeout(&candidate, t),
-                None => TcpStream::connect(candidate),
-            };
-            match attempt {
-                Ok(stream) => return Client::from_stream(stream, timeout),
-                Err(source) => {
-                    last = Some(ClientError::Connect {
-                        addr: candidate.to_string(),
-                        source,
-                    })
-                }
-            }
-        }
-        Err(last.unwrap_or_else(|| {
-            ClientError::Resolve(io::Error::new(
-                io::ErrorKind::NotFound,
-                "no addresses found",
-            ))
-        }))
-    }
-
-    fn from_stream(stream: TcpStream, timeout: Option<Duration>) -> Result<Client, ClientError> {
-        stream.set_read_timeout(timeout)?;
-        stream.set_write_timeout(timeout)?;
-        stream.set_nodelay(true)?;
+        let stream = connect_stream(addr, timeout)?;
         Ok(Client {
-            reader: BufReader::new(stream.try_clone()?),
+            reader: ReplyReader::new(stream.try_clone()?),
             writer: stream,
             request: Vec::new(),
-            line: Vec::new(),
-            parser: ReplyParser::default(),
         })
     }
 
@@ -228,34 +326,12 @@ impl Client {
         each: &mut impl FnMut(&str, f64, i64) -> ControlFlow<()>,
     ) -> Result<usize, ClientError> {
         self.writer.write_all(&self.request)?;
-        let mut stopped = false;
-        loop {
-            self.line.clear();
-            let read = (&mut self.reader)
-                .take(MAX_REPLY_LINE)
-                .read_until(b'\n', &mut self.line)?;
-            if self.line.pop() != Some(b'\n') {
-                return Err(if read as u64 >= MAX_REPLY_LINE {
-                    ClientError::Malformed(format!(
-                        "a reply line is longer than {MAX_REPLY_LINE} bytes"
-                    ))
-                } else {
-                    ClientError::Io(io::ErrorKind::UnexpectedEof.into())
-                });
-            }
-            let reply = self.parser.feed(&self.line, |metric, value, timestamp| {
-                if each(metric, value, timestamp).is_break() {
-                    stopped = true;
-                }
-            })?;
-            if stopped {
+        match self.reader.read_reply(each)? {
+            Some(Reply::Ok { points }) => Ok(points),
+            Some(Reply::Error(message)) => Err(ClientError::Server(message)),
+            None => {
                 self.close();
-                return Ok(0);
-            }
-            match reply {
-                None => {}
-                Some(Reply::Ok { points }) => return Ok(points),
-                Some(Reply::Error(message)) => return Err(ClientError::Server(message)),
+                Ok(0)
             }
         }
     }

@@ -19,9 +19,13 @@
 //! - [`store`]: the in-memory data, in compact chunks; no locks, no I/O.
 //! - [`server`]: the listener, one thread per connection, the shared lock, every limit.
 //! - [`client`]: [`Client`] and [`ClientError`], used by programs and by the CLI.
+//! - [`bulk`]: `metrics put -`, pipelined loading of point lines.
+//! - [`bench`]: `metrics bench`, the load generator.
 //! - [`cli`]: the `metrics` command line and its exit codes.
 //! - [`log`]: stderr log lines and the rate limiter that bounds them.
 
+pub mod bench;
+pub mod bulk;
 pub mod cli;
 pub mod client;
 pub mod log;

@@ -103,13 +103,33 @@ impl fmt::Display for RequestError {
 
 impl std::error::Error for RequestError {}
 
-fn is_separator(c: char) -> bool {
-    c == ' ' || c == '\t'
+/// Splits a line into tokens: runs of bytes other than space and tab. Works on bytes, since
+/// both separators are ASCII and so always fall on character boundaries.
+pub fn tokens(line: &str) -> Tokens<'_> {
+    Tokens { line, at: 0 }
 }
 
-/// Splits a line into tokens: runs of bytes other than space and tab.
-fn tokens(line: &str) -> impl Iterator<Item = &str> {
-    line.split(is_separator).filter(|t| !t.is_empty())
+/// The iterator [`tokens`] returns.
+#[derive(Debug, Clone)]
+pub struct Tokens<'a> {
+    line: &'a str,
+    at: usize,
+}
+
+impl<'a> Iterator for Tokens<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        let bytes = self.line.as_bytes();
+        let is_separator = |b: &u8| *b == b' ' || *b == b'\t';
+        let start = self.at + bytes[self.at..].iter().position(|b| !is_separator(b))?;
+        let end = bytes[start..]
+            .iter()
+            .position(is_separator)
+            .map_or(bytes.len(), |n| start + n);
+        self.at = end;
+        self.line.get(start..end)
+    }
 }
 
 /// Reads a value the way the server does: a finite `f64`.
@@ -252,6 +272,57 @@ pub fn write_float(out: &mut Vec<u8>, value: f64) {
         out.extend_from_slice(b".0");
         return;
     }
+    if write_short_decimal(out, value) {
+        return;
+    }
+    write_float_shortest(out, value);
+}
+
+/// Powers of ten tried by the short-decimal path: values with up to four decimals.
+const SCALES: [f64; 4] = [10.0, 100.0, 1000.0, 10000.0];
+
+/// Writes values with at most four decimals (`0.5`, `12.25`, `99.9`), which is what most
+/// metrics carry, without the general shortest-digits search. If `n / 10^d` (correctly rounded)
+/// is `value` and `|n| < 1e15`, the decimal `n * 10^-d` reads back to `value`, and doubles there
+/// are closer together than `10^-d`, so no shorter decimal does: it is Python's text.
+fn write_short_decimal(out: &mut Vec<u8>, value: f64) -> bool {
+    for (d, scale) in SCALES.iter().enumerate() {
+        let scaled = value * scale;
+        if scaled.trunc() != scaled || scaled.abs() >= 1e15 {
+            continue;
+        }
+        if scaled / scale != value {
+            return false;
+        }
+        let n = scaled.abs() as u64;
+        let places = d + 1;
+        let mut digits = [0u8; 20];
+        let mut at = digits.len();
+        let mut rest = n;
+        while rest > 0 || digits.len() - at <= places {
+            at -= 1;
+            digits[at] = b'0' + (rest % 10) as u8;
+            rest /= 10;
+        }
+        let digits = &digits[at..];
+        let (whole, fraction) = digits.split_at(digits.len() - places);
+        let fraction = &fraction[..fraction
+            .iter()
+            .rposition(|&b| b != b'0')
+            .map_or(1, |i| i + 1)];
+        if value.is_sign_negative() {
+            out.push(b'-');
+        }
+        out.extend_from_slice(whole);
+        out.push(b'.');
+        out.extend_from_slice(fraction);
+        return true;
+    }
+    false
+}
+
+/// The general case: the shortest round-trip digits, laid out as Python does.
+fn write_float_shortest(out: &mut Vec<u8>, value: f64) {
     // `{:e}` gives the shortest round-trip digits as `d.ddde-5`; only the layout differs from Python.
     let mut scratch = StackText::default();
     // Formatting into a buffer of fixed size cannot fail: the text is at most MAX_FLOAT_LEN bytes.
@@ -495,6 +566,28 @@ mod tests {
         ];
         for &(value, text) in cases {
             assert_eq!(float(value), text, "formatting {value:?}");
+        }
+    }
+
+    #[test]
+    fn short_decimals_print_as_the_general_path_does() {
+        for d in 0..=5 {
+            let scale = 10f64.powi(d);
+            for n in (-200_000i64..200_000)
+                .step_by(7)
+                .chain([1, 5, 99_999_999_999_999])
+            {
+                let value = n as f64 / scale;
+                let mut fast = Vec::new();
+                write_float(&mut fast, value);
+                let mut general = Vec::new();
+                write_float_shortest(&mut general, value);
+                assert_eq!(
+                    String::from_utf8_lossy(&fast),
+                    String::from_utf8_lossy(&general),
+                    "{n} / 10^{d}"
+                );
+            }
         }
     }
 

@@ -8,16 +8,18 @@
 //! writer that later changes a chunk a snapshot still shares copies that one chunk first.
 
 use crate::protocol::Selector;
-use std::collections::BTreeMap;
+use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::Arc;
 
 /// The most points one chunk holds; a full chunk is about 12 KiB.
 pub const CHUNK_POINTS: usize = 1024;
 
-/// All metrics, by name. Names sort by bytes, which is the order `get *` returns them in.
+/// All metrics, by name. A hash map makes a put's lookup one hash; `get *` sorts the names of
+/// its snapshot after the lock is released.
 #[derive(Debug, Default)]
 pub struct Store {
-    series: BTreeMap<Arc<str>, Series>,
+    series: HashMap<Arc<str>, Series>,
     points: usize,
 }
 
@@ -109,6 +111,14 @@ struct Series {
 
 impl Series {
     fn insert(&mut self, timestamp: i64, value: f64) -> Put {
+        // The common case first: a new latest point that fits the last chunk.
+        if let Some(last) = self.chunks.last_mut() {
+            if last.last() < timestamp && last.can_append(timestamp) {
+                Arc::make_mut(last).push(timestamp, value);
+                self.len += 1;
+                return Put::Added;
+            }
+        }
         let count = self.chunks.len();
         // The index of the first chunk that ends at or after `timestamp`; appends skip the search.
         let at = match self.chunks.last() {
@@ -231,6 +241,22 @@ impl Chunk {
         }
     }
 
+    /// Appends a point later than all here; the caller has checked that it fits.
+    fn push(&mut self, timestamp: i64, value: f64) {
+        self.reserve_one();
+        self.offsets.push((timestamp - self.base) as u32);
+        self.values.push(value);
+    }
+
+    /// Room for one more point: doubling up to a full chunk, and never past it.
+    fn reserve_one(&mut self) {
+        if self.offsets.len() == self.offsets.capacity() {
+            let extra = self.len().max(4).min(CHUNK_POINTS - self.len());
+            self.offsets.reserve_exact(extra);
+            self.values.reserve_exact(extra);
+        }
+    }
+
     /// Inserts a point not yet present; the caller has checked that it fits.
     fn insert(&mut self, timestamp: i64, value: f64) {
         if timestamp < self.base {
@@ -240,14 +266,13 @@ impl Chunk {
             }
             self.base = timestamp;
         }
-        let index = self.position(timestamp).unwrap_or_else(|i| i);
-        if self.offsets.len() == self.offsets.capacity() {
-            // Grow by doubling up to a full chunk, and never past it.
-            let extra = self.len().max(4).min(CHUNK_POINTS - self.len());
-            self.offsets.reserve_exact(extra);
-            self.values.reserve_exact(extra);
-        }
         let offset = (timestamp - self.base) as u32;
+        // Appends, by far the most common case, skip the search.
+        let index = match self.offsets.last() {
+            Some(&last) if last < offset => self.len(),
+            _ => self.offsets.binary_search(&offset).unwrap_or_else(|i| i),
+        };
+        self.reserve_one();
         self.offsets.insert(index, offset);
         self.values.insert(index, value);
     }
@@ -272,34 +297,40 @@ impl Chunk {
     }
 }
 
-/// Points selected from the store, owned, sorted by metric name and then by timestamp.
+/// Points selected from the store, owned: a reply's data, taken under the lock and read after.
 #[derive(Debug, Default, Clone)]
 pub struct Snapshot {
-    // Each name with the end of its run in `chunks`.
-    names: Vec<(Arc<str>, usize)>,
+    // Each name with its run of `chunks`.
+    names: Vec<(Arc<str>, Range<usize>)>,
     chunks: Vec<Arc<Chunk>>,
     since: i64,
+    sorted: bool,
 }
 
 impl Snapshot {
     fn add(&mut self, name: &Arc<str>, series: &Series) {
+        let start = self.chunks.len();
         self.chunks.extend(series.chunks.iter().cloned());
-        self.names.push((Arc::clone(name), self.chunks.len()));
+        self.names
+            .push((Arc::clone(name), start..self.chunks.len()));
     }
 
-    /// Every point as `(metric, value, timestamp)`, in reply order.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, f64, i64)> + '_ {
-        let mut start = 0;
-        self.names.iter().flat_map(move |(name, end)| {
-            let chunks = &self.chunks[start..*end];
-            start = *end;
-            chunks.iter().flat_map(move |chunk| {
+    /// Every point as `(metric, value, timestamp)`, sorted by metric name (bytes) and then by
+    /// timestamp. The first call sorts the names, so make it after releasing the store's lock.
+    pub fn iter(&mut self) -> impl Iterator<Item = (&str, f64, i64)> + '_ {
+        if !self.sorted {
+            self.names.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            self.sorted = true;
+        }
+        let (names, chunks, since) = (&self.names, &self.chunks, self.since);
+        names.iter().flat_map(move |(name, range)| {
+            chunks[range.clone()].iter().flat_map(move |chunk| {
                 chunk
                     .offsets
                     .iter()
                     .zip(&chunk.values)
                     .map(move |(&offset, &value)| (&**name, value, chunk.base + i64::from(offset)))
-                    .filter(|&(_, _, timestamp)| timestamp >= self.since)
+                    .filter(move |&(_, _, timestamp)| timestamp >= since)
             })
         })
     }
@@ -308,6 +339,7 @@ impl Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     fn all(store: &Store) -> Vec<(String, f64, i64)> {
         store
@@ -422,7 +454,7 @@ mod tests {
         for t in 0..2000 {
             store.put("m", 1.0, t);
         }
-        let snapshot = store.snapshot(Selector::All, i64::MIN);
+        let mut snapshot = store.snapshot(Selector::All, i64::MIN);
         store.put("m", 9.0, 5);
         store.put("m", 9.0, 5000);
         store.put("n", 9.0, 1);
