@@ -100,6 +100,28 @@ impl Store {
     pub fn metrics(&self) -> usize {
         self.series.len()
     }
+
+    /// Heap bytes held for points: chunk arrays, chunk headers and each series' chunk list
+    /// (not the allocator's own overhead, names or the hash table).
+    pub fn point_bytes(&self) -> usize {
+        self.series
+            .values()
+            .map(|series| {
+                series.chunks.capacity() * size_of::<Arc<Chunk>>()
+                    + series
+                        .chunks
+                        .iter()
+                        .map(|c| {
+                            // The Arc's two counters, the chunk itself, and its arrays.
+                            2 * size_of::<usize>()
+                                + size_of::<Chunk>()
+                                + c.offsets.capacity() * size_of::<u32>()
+                                + c.values.capacity() * size_of::<f64>()
+                        })
+                        .sum::<usize>()
+            })
+            .sum()
+    }
 }
 
 /// One metric's points, in chunks sorted by time that do not overlap.
@@ -475,6 +497,22 @@ mod tests {
         assert_eq!((store.points(), store.metrics()), (500, 1));
         store.put("m", 2.0, 10);
         assert_eq!(timestamps(&store, "m")[0], 10);
+    }
+
+    #[test]
+    fn points_in_time_order_cost_at_most_13_bytes_each() {
+        let mut store = Store::new();
+        for t in 0..10_000 {
+            for m in 0..100 {
+                store.put(&format!("metric.{m}"), 0.5, 1_700_000_000 + t);
+            }
+        }
+        let per_point = store.point_bytes() as f64 / store.points() as f64;
+        assert!(per_point <= 13.0, "{per_point:.2} bytes per point");
+        // A metric with a single point does not pay for a whole chunk.
+        let mut small = Store::new();
+        small.put("one", 1.0, 1);
+        assert!(small.point_bytes() < 200, "{}", small.point_bytes());
     }
 
     #[test]

@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# The standard benchmark matrix: builds in release mode, starts fresh servers on free loopback
+# ports, runs each shape, and prints a Markdown table. When redis-server and redis-benchmark are
+# installed (Debian package `redis`), runs the same shapes against Redis and prints the ratios.
+#
+# Usage: scripts/bench.sh            (about two minutes on 2 cores)
+#        QUICK=1 scripts/bench.sh    (smaller counts, for a quick look)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [[ "${QUICK:-}" == 1 ]]; then
+  PIPE_N=1000000; SINGLE_N=10000; MANY_N=50000; STORE_N=1000000; ONE_N=200000; BULK_N=500000
+else
+  PIPE_N=5000000; SINGLE_N=50000; MANY_N=300000; STORE_N=10000000; ONE_N=1000000; BULK_N=2000000
+fi
+
+cargo build --release --quiet
+BIN=$PWD/target/release/metrics
+TMP=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+# start_server NAME [ARGS...]: starts `metrics server 0`, sets ADDR and PID once it listens.
+start_server() {
+  local name=$1; shift
+  "$BIN" server 0 "$@" >"$TMP/$name.out" 2>"$TMP/$name.err" &
+  PID=$!
+  PIDS+=("$PID")
+  for _ in $(seq 200); do
+    if grep -q '^listening on ' "$TMP/$name.out" 2>/dev/null; then break; fi
+    sleep 0.05
+  done
+  ADDR=$(sed -n 's/^listening on //p' "$TMP/$name.out")
+  [[ -n "$ADDR" ]] || { echo "server $name did not start" >&2; exit 1; }
+}
+
+stop_server() { kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; }
+
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+
+# field LINE-PREFIX WORD-INDEX < bench output
+field() { awk -v p="$1" -v i="$2" 'index($0, p) == 1 {print $i}'; }
+
+now() { date +%s.%N; }
+rate() { awk -v n="$1" -v a="$2" -v b="$3" 'BEGIN {printf "%.0f", n / (b - a)}'; }
+
+bench() { "$BIN" bench --addr "$ADDR" "$@"; }
+
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)," \
+  "$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n 1), Linux $(uname -r)"
+echo "metrics $("$BIN" --version | cut -d' ' -f2); client and server on the same machine"
+echo
+
+declare -A OURS THEIRS
+
+start_server pipe
+OURS[pipe]=$(bench -c 1 -P 1000 -n "$PIPE_N" | field throughput: 2)
+stop_server
+
+start_server single
+OURS[single]=$(bench -c 1 -P 1 -n "$SINGLE_N" | field throughput: 2)
+stop_server
+
+start_server many
+OURS[many]=$(bench -c 50 -P 1 -n "$MANY_N" | field throughput: 2)
+stop_server
+
+# Memory per point, and get of everything, on STORE_N points over 1000 metrics.
+start_server store
+before=$(rss_kib "$PID")
+bench -c 1 -P 1000 -n "$STORE_N" --keys 1000 >/dev/null
+after=$(rss_kib "$PID")
+points=$("$BIN" get --addr "$ADDR" '*' | tee "$TMP/dump.txt" | wc -l)
+[[ "$points" == "$STORE_N" ]] || { echo "store holds $points of $STORE_N points" >&2; exit 1; }
+BYTES_PER_POINT=$(awk -v a="$before" -v b="$after" -v n="$STORE_N" 'BEGIN {printf "%.1f", (b - a) * 1024 / n}')
+t0=$(now); "$BIN" get --addr "$ADDR" '*' >/dev/null; t1=$(now)
+GET_ALL=$(rate "$STORE_N" "$t0" "$t1")
+# Bulk input in time order across metrics, as a live feed or a merged log would be.
+head -n "$BULK_N" "$TMP/dump.txt" | sort -s -n -k3,3 >"$TMP/bulk.txt"
+rm -f "$TMP/dump.txt"
+stop_server
+
+# Get of one metric holding ONE_N points.
+start_server one
+bench -c 1 -P 1000 -n "$ONE_N" --keys 1 >/dev/null
+t0=$(now); "$BIN" get --addr "$ADDR" bench.key0 >/dev/null; t1=$(now)
+GET_ONE=$(rate "$ONE_N" "$t0" "$t1")
+stop_server
+
+# Bulk load through `metrics put -`.
+start_server bulk
+t0=$(now); "$BIN" put --addr "$ADDR" - <"$TMP/bulk.txt"; t1=$(now)
+BULK=$(rate "$BULK_N" "$t0" "$t1")
+stored=$("$BIN" get --addr "$ADDR" '*' | wc -l)
+[[ "$stored" == "$BULK_N" ]] || { echo "bulk load stored $stored of $BULK_N lines" >&2; exit 1; }
+stop_server
+
+# Put latency while other clients repeatedly read every point of a 1M-point store.
+start_server during
+bench -c 1 -P 1000 -n 1000000 --keys 1000 >/dev/null
+quiet_line=$(bench -c 1 -P 1 -n 20000 --keys 1000 | grep '^latency:')
+touch "$TMP/reading"
+( while [[ -e "$TMP/reading" ]]; do "$BIN" get --addr "$ADDR" '*' >/dev/null; done ) &
+READER=$!
+busy_line=$(bench -c 1 -P 1 -n 20000 --keys 1000 | grep '^latency:')
+rm -f "$TMP/reading"
+wait "$READER"
+stop_server
+
+if command -v redis-server >/dev/null && command -v redis-benchmark >/dev/null; then
+  RPORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  redis-server --port "$RPORT" --bind 127.0.0.1 --save '' --appendonly no >"$TMP/redis.log" 2>&1 &
+  PIDS+=("$!")
+  for _ in $(seq 100); do redis-cli -p "$RPORT" ping >/dev/null 2>&1 && break; sleep 0.05; done
+  redis_rate() {
+    redis-benchmark -h 127.0.0.1 -p "$RPORT" -t set -r 1000 -q "$@" 2>/dev/null | tr '\r' '\n' |
+      awk '/requests per second/ {v = $2} END {printf "%.0f", v}'
+  }
+  THEIRS[pipe]=$(redis_rate -c 1 -P 1000 -n "$PIPE_N")
+  THEIRS[single]=$(redis_rate -c 1 -n "$SINGLE_N")
+  THEIRS[many]=$(redis_rate -c 50 -n "$MANY_N")
+fi
+
+ratio() {
+  if [[ -n "${THEIRS[$1]:-}" ]]; then
+    awk -v a="${OURS[$1]}" -v b="${THEIRS[$1]}" 'BEGIN {printf "%.0f | %.2fx", b, a / b}'
+  else
+    printf -- "- | -"
+  fi
+}
+
+echo "| shape | metrics | Redis (SET) | ratio |"
+echo "|---|---|---|---|"
+echo "| put, pipelined (-P 1000), 1 connection | ${OURS[pipe]} puts/s | $(ratio pipe) |"
+echo "| put, unpipelined, 1 connection | ${OURS[single]} puts/s | $(ratio single) |"
+echo "| put, unpipelined, 50 connections | ${OURS[many]} puts/s | $(ratio many) |"
+echo "| get of one metric with $ONE_N points | $GET_ONE lines/s | - | - |"
+echo "| get * of $STORE_N points (1000 metrics) | $GET_ALL lines/s | - | - |"
+echo "| bulk \`metrics put -\` of $BULK_N lines | $BULK lines/s | - | - |"
+echo "| memory per point at $STORE_N points (RSS growth / points) | $BYTES_PER_POINT bytes | - | - |"
+echo
+echo "put latency, unpipelined, on a 1M-point store:"
+echo "  alone:                 ${quiet_line#latency: }"
+echo "  during repeated get *: ${busy_line#latency: }"
