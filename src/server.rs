@@ -104,7 +104,7 @@ const THREAD_STACK_BYTES: usize = 256 * 1024;
 /// Bytes asked of the socket per read: a connection starts small and grows to the most when
 /// its reads keep filling the buffer (pipelining), since fewer, larger reads cost less.
 const READ_BYTES: usize = 16 * 1024;
-const READ_BYTES_MOST: usize = 64 * 1024;
+const READ_BYTES_MOST: usize = 256 * 1024;
 /// Reply bytes gathered before a write while streaming a large `get`.
 const FLUSH_BYTES: usize = 64 * 1024;
 /// How long, and how many bytes, a connection closed for a bad line is drained before closing.
@@ -314,6 +314,11 @@ impl Input {
     fn reserve(&mut self, most: usize) -> Result<(), TryReserveError> {
         if self.start == self.end {
             (self.start, self.end) = (0, 0);
+            // A connection that stopped streaming gives its large buffer back.
+            if self.buf.len() > 2 * self.want.max(READ_BYTES) {
+                self.buf.truncate(self.want);
+                self.buf.shrink_to_fit();
+            }
         }
         if self.buf.len() - self.end >= self.want / 2 {
             return Ok(());
@@ -328,11 +333,14 @@ impl Input {
         Ok(())
     }
 
-    /// Records a read of `n` bytes into `free` bytes of room: a full read asks for more next time.
+    /// Records a read of `n` bytes into `free` bytes of room: a full read asks for more next
+    /// time, a small one for less.
     fn record_read(&mut self, n: usize, free: usize) {
         self.end += n;
         if n == free {
             self.want = (self.want * 2).min(READ_BYTES_MOST);
+        } else if n < self.want / 8 {
+            self.want = (self.want / 2).max(READ_BYTES);
         }
     }
 }
