@@ -190,8 +190,13 @@ impl fmt::Display for Report {
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         writeln!(
             f,
-            "bench: {}, {} connections, pipeline {}, {} requests, {} keys",
-            c.workload, c.connections, c.pipeline, c.requests, c.keys
+            "bench: {}, {} connection{}, pipeline {}, {} requests, {} keys",
+            c.workload,
+            c.connections,
+            if c.connections == 1 { "" } else { "s" },
+            c.pipeline,
+            c.requests,
+            c.keys
         )?;
         writeln!(
             f,
