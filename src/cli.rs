@@ -7,6 +7,7 @@
 use crate::bench::{self, BenchConfig, Workload};
 use crate::bulk;
 use crate::client::Client;
+use crate::journal::Fsync;
 use crate::protocol::{self, RequestError};
 use crate::server::{Config, Server};
 use std::ffi::OsString;
@@ -37,7 +38,7 @@ impl Topic {
     fn usage(self) -> &'static str {
         match self {
             Topic::Main => "usage: metrics <server|put|get|help> [ARGS...]",
-            Topic::Server => "usage: metrics server [PORT] [--host ADDR] [--max-line-bytes N] [--max-connections N] [--idle-timeout SECS] [--write-timeout SECS]",
+            Topic::Server => "usage: metrics server [PORT] [--host ADDR] [--data FILE] [--fsync always|everysec|no] [--retention DURATION] [--max-line-bytes N] [--max-connections N] [--idle-timeout SECS] [--write-timeout SECS]",
             Topic::Put => "usage: metrics put [--addr HOST:PORT] [--timeout SECS] METRIC VALUE [TIMESTAMP] | -",
             Topic::Get => "usage: metrics get [--addr HOST:PORT] [--timeout SECS] METRIC",
             Topic::Bench => "usage: metrics bench [--addr HOST:PORT] [-c N] [-n N] [-P N] [--keys N] [--workload put|get|mixed]",
@@ -84,6 +85,11 @@ Serves the metrics protocol on PORT (default 8888; 0 picks a free port). Prints
 
 options:
   --host ADDR              address to listen on (default 127.0.0.1; 0.0.0.0 or :: for all)
+  --data FILE              append every put to FILE and replay it at start-up
+                           (default: memory only)
+  --fsync MODE             with --data: always, everysec or no (default everysec)
+  --retention DURATION     forget points older than DURATION: seconds, or a number
+                           with s, m, h or d (default: keep everything)
   --max-line-bytes N       longest request line (default 65536)
   --max-connections N      most clients served at once (default 1024)
   --idle-timeout SECS      close connections silent this long (default 0 = never)
@@ -269,6 +275,19 @@ impl<'a> Args<'a> {
     }
 }
 
+/// Reads `90`, `90s`, `15m`, `24h` or `30d`: a whole, positive number of seconds.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let (number, unit) = match text.char_indices().last()? {
+        (at, 's') => (&text[..at], 1),
+        (at, 'm') => (&text[..at], 60),
+        (at, 'h') => (&text[..at], 3600),
+        (at, 'd') => (&text[..at], 86_400),
+        _ => (text, 1),
+    };
+    let count: u64 = number.parse().ok().filter(|&n| n > 0)?;
+    count.checked_mul(unit).map(Duration::from_secs)
+}
+
 fn topic_named(name: &str) -> Option<Topic> {
     match name {
         "server" => Some(Topic::Server),
@@ -343,6 +362,23 @@ fn parse_server(args: &[&str]) -> Result<Command, UsageError> {
             }
             Arg::Option("--idle-timeout") => {
                 config.idle_timeout = args.seconds("--idle-timeout")?
+            }
+            Arg::Option("--data") => config.data = Some(args.value("--data")?.into()),
+            Arg::Option("--fsync") => {
+                let text = args.value("--fsync")?;
+                config.fsync = Fsync::parse(text).ok_or_else(|| {
+                    args.error(format!(
+                        "unknown --fsync mode '{text}' (always, everysec or no)"
+                    ))
+                })?;
+            }
+            Arg::Option("--retention") => {
+                let text = args.value("--retention")?;
+                config.retention = Some(parse_duration(text).ok_or_else(|| {
+                    args.error(format!(
+                        "invalid --retention '{text}' (seconds, or a number with s, m, h or d)"
+                    ))
+                })?);
             }
             Arg::Option("--write-timeout") => {
                 config.write_timeout = args
@@ -556,8 +592,10 @@ fn serve(config: Config) -> ExitCode {
     // Scripts and tests wait for this line; a closed stdout must not stop the server.
     let _ = writeln!(stdout, "listening on {addr}").and_then(|()| stdout.flush());
     drop(stdout);
-    server.run();
-    ExitCode::SUCCESS
+    match server.run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => failure(e),
+    }
 }
 
 fn put_stdin(connect: &Connect) -> ExitCode {
@@ -703,6 +741,40 @@ mod tests {
         assert_eq!(parse_ok(&["get", "--help"]), Command::Help(Topic::Get));
         assert_eq!(parse_ok(&["server", "-h"]), Command::Help(Topic::Server));
         assert_eq!(parse_ok(&["--version"]), Command::Version);
+    }
+
+    #[test]
+    fn durations_take_a_unit() {
+        assert_eq!(parse_duration("90"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("15m"), Some(Duration::from_secs(900)));
+        assert_eq!(parse_duration("24h"), Some(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("30d"), Some(Duration::from_secs(2_592_000)));
+        for bad in ["", "0", "-5", "1.5h", "h", "5w", "99999999999999999999d"] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn server_data_options() {
+        match parse_ok(&[
+            "server",
+            "--data",
+            "d.txt",
+            "--fsync",
+            "always",
+            "--retention",
+            "7d",
+        ]) {
+            Command::Server(config) => {
+                assert_eq!(config.data, Some("d.txt".into()));
+                assert_eq!(config.fsync, Fsync::Always);
+                assert_eq!(config.retention, Some(Duration::from_secs(7 * 86_400)));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["server", "--fsync", "sometimes"], None).is_err());
+        assert!(parse(&["server", "--retention", "1y"], None).is_err());
     }
 
     #[test]

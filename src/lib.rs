@@ -17,6 +17,7 @@
 //! # Layout
 //! - [`protocol`]: pure parsing and encoding of requests and replies, and Python float text.
 //! - [`store`]: the in-memory data, in compact chunks; no locks, no I/O.
+//! - [`journal`]: the optional data file: append, replay, compaction.
 //! - [`server`]: the listener, one thread per connection, the shared lock, every limit.
 //! - [`client`]: [`Client`] and [`ClientError`], used by programs and by the CLI.
 //! - [`bulk`]: `metrics put -`, pipelined loading of point lines.
@@ -28,6 +29,7 @@ pub mod bench;
 pub mod bulk;
 pub mod cli;
 pub mod client;
+pub mod journal;
 pub mod log;
 pub mod protocol;
 pub mod server;

@@ -8,13 +8,16 @@
 //! Everything a client controls is bounded: line length, connection count, idle time, time spent
 //! blocked writing to a client that does not read, and log lines per connection.
 
-use crate::protocol::{self, Request, RequestError};
+use crate::client;
+use crate::journal::{CompactReport, Fsync, Journal, JournalError};
+use crate::protocol::{self, Request, RequestError, Selector};
 use crate::store::{Snapshot, Store};
 use crate::{error, info, log::RateLimit, warn};
 use std::collections::TryReserveError;
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread;
@@ -35,6 +38,13 @@ pub struct Config {
     pub idle_timeout: Option<Duration>,
     /// Give up on a client that accepts no reply bytes for this long. Default 30 s.
     pub write_timeout: Duration,
+    /// Append every put to this file, replayed at start-up; `None` (the default) keeps data
+    /// in memory only.
+    pub data: Option<PathBuf>,
+    /// When the data file is synced. Default `everysec`.
+    pub fsync: Fsync,
+    /// Forget points older than this; `None` (the default) keeps everything.
+    pub retention: Option<Duration>,
 }
 
 impl Default for Config {
@@ -46,6 +56,9 @@ impl Default for Config {
             max_connections: 1024,
             idle_timeout: None,
             write_timeout: Duration::from_secs(30),
+            data: None,
+            fsync: Fsync::EverySec,
+            retention: None,
         }
     }
 }
@@ -55,12 +68,18 @@ impl Default for Config {
 pub enum ServerError {
     /// The listening socket could not be bound.
     Bind { addr: String, source: io::Error },
+    /// The data file could not be loaded; it is left as it was.
+    Data(JournalError),
+    /// The background thread (syncs, retention, compaction) could not start.
+    Spawn(io::Error),
 }
 
 impl fmt::Display for ServerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ServerError::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
+            ServerError::Data(e) => e.fmt(f),
+            ServerError::Spawn(e) => write!(f, "cannot start the maintenance thread: {e}"),
         }
     }
 }
@@ -68,7 +87,8 @@ impl fmt::Display for ServerError {
 impl std::error::Error for ServerError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            ServerError::Bind { source, .. } => Some(source),
+            ServerError::Bind { source, .. } | ServerError::Spawn(source) => Some(source),
+            ServerError::Data(e) => Some(e),
         }
     }
 }
@@ -85,9 +105,18 @@ struct Shared {
     store: Mutex<Store>,
     config: Config,
     open: AtomicUsize,
+    journal: Option<Journal>,
 }
 
 impl Shared {
+    /// The oldest timestamp a `get` returns: now minus the retention window.
+    fn since(&self) -> i64 {
+        match self.config.retention {
+            Some(window) => client::now().saturating_sub(window.as_secs() as i64),
+            None => i64::MIN,
+        }
+    }
+
     /// Locks the store. A thread that panicked while holding the lock poisons it; the store's
     /// operations do not panic and leave it consistent at every step, so the data is still
     /// sound and every other client keeps being served.
@@ -116,8 +145,12 @@ const LOG_LINES_PER_SECOND: u32 = 5;
 impl Server {
     /// Binds the listening socket.
     ///
+    /// Binds the listening socket, then loads the data file if there is one (so a port in use
+    /// never touches the file).
+    ///
     /// # Errors
-    /// [`ServerError::Bind`] when the address is in use, not permitted or cannot be resolved.
+    /// [`ServerError::Bind`] when the address is in use, not permitted or cannot be resolved;
+    /// [`ServerError::Data`] when the data file cannot be read or has a bad line.
     pub fn bind(config: Config) -> Result<Server, ServerError> {
         let listener =
             TcpListener::bind((config.host.as_str(), config.port)).map_err(|source| {
@@ -126,13 +159,21 @@ impl Server {
                     source,
                 }
             })?;
+        let mut shared = Shared {
+            store: Mutex::new(Store::new()),
+            config,
+            open: AtomicUsize::new(0),
+            journal: None,
+        };
+        if let Some(path) = shared.config.data.clone() {
+            let since = shared.since();
+            let (store, journal) = load(&path, shared.config.fsync, since)?;
+            shared.store = Mutex::new(store);
+            shared.journal = Some(journal);
+        }
         Ok(Server {
             listener,
-            shared: Arc::new(Shared {
-                store: Mutex::new(Store::new()),
-                config,
-                open: AtomicUsize::new(0),
-            }),
+            shared: Arc::new(shared),
         })
     }
 
@@ -145,7 +186,18 @@ impl Server {
     }
 
     /// Accepts and serves connections until the process ends.
-    pub fn run(self) {
+    ///
+    /// # Errors
+    /// [`ServerError::Spawn`] when the background thread that syncs the data file, applies
+    /// retention and compacts cannot start.
+    pub fn run(self) -> Result<(), ServerError> {
+        if self.shared.journal.is_some() || self.shared.config.retention.is_some() {
+            let shared = Arc::clone(&self.shared);
+            thread::Builder::new()
+                .name("maintenance".into())
+                .spawn(move || maintain(&shared))
+                .map_err(ServerError::Spawn)?;
+        }
         let mut backoff = Duration::ZERO;
         // Refusals and failures here come from many clients: one limiter bounds them all.
         let mut log_limit = RateLimit::new(LOG_LINES_PER_SECOND);
@@ -202,6 +254,99 @@ impl Server {
                     "{peer} dropped: cannot start a thread: {e}{}",
                     suppressed_note(suppressed)
                 );
+            }
+        }
+    }
+}
+
+/// Replays the data file, and compacts it at once when it holds more than twice the live data.
+fn load(path: &Path, fsync: Fsync, since: i64) -> Result<(Store, Journal), ServerError> {
+    let started = Instant::now();
+    let (store, journal, report) = Journal::open(path, fsync, since).map_err(ServerError::Data)?;
+    if report.torn_bytes > 0 {
+        warn!(
+            "{}: dropped a torn last line ({} bytes) left by an interrupted write",
+            path.display(),
+            report.torn_bytes
+        );
+    }
+    info!(
+        "loaded {} points in {} metrics from {} ({} lines, {} expired) in {} ms",
+        store.points(),
+        store.metrics(),
+        path.display(),
+        report.lines,
+        report.expired,
+        started.elapsed().as_millis()
+    );
+    if journal.needs_compaction(store.points()) {
+        let compacted = journal
+            .compact(|| (store.snapshot(Selector::All, since), journal.position()))
+            .map_err(ServerError::Data)?;
+        log_compaction(&journal, &compacted);
+    }
+    Ok((store, journal))
+}
+
+fn log_compaction(journal: &Journal, report: &CompactReport) {
+    info!(
+        "compacted {}: {} lines to {} in {} ms",
+        journal.path().display(),
+        report.lines_before,
+        report.lines_after,
+        report.millis
+    );
+}
+
+/// How often the maintenance thread wakes.
+const TICK: Duration = Duration::from_millis(100);
+
+/// The background work: syncing the data file once a second (`everysec`), retrying a data file
+/// that failed, compacting it, and forgetting points past the retention window.
+fn maintain(shared: &Shared) {
+    let second = Duration::from_secs(1);
+    let sweep_every = shared
+        .config
+        .retention
+        .map(|window| (window / 10).clamp(second, 60 * second));
+    let (mut synced, mut checked, mut swept) = (Instant::now(), Instant::now(), Instant::now());
+    loop {
+        thread::sleep(TICK);
+        if let Some(journal) = &shared.journal {
+            if journal.failure().is_some() && checked.elapsed() >= second {
+                // A retry: it clears the failure, and logs, once a write succeeds.
+                let _ = journal.flush();
+            }
+            if journal.fsync() == Fsync::EverySec && synced.elapsed() >= second {
+                synced = Instant::now();
+                if let Err(e) = journal.sync() {
+                    error!("cannot sync {}: {e}", journal.path().display());
+                }
+            }
+            if checked.elapsed() >= second {
+                checked = Instant::now();
+                let points = shared.lock().points();
+                if journal.needs_compaction(points) {
+                    let since = shared.since();
+                    let take = || {
+                        let store = shared.lock();
+                        (store.snapshot(Selector::All, since), journal.position())
+                    };
+                    match journal.compact(take) {
+                        Ok(report) => log_compaction(journal, &report),
+                        Err(e) => error!("compaction failed: {e}"),
+                    }
+                }
+            }
+        }
+        if let Some(every) = sweep_every {
+            if swept.elapsed() >= every {
+                swept = Instant::now();
+                let since = shared.since();
+                let removed = shared.lock().expire_before(since);
+                if removed > 0 {
+                    info!("retention: removed {removed} points older than {since}");
+                }
             }
         }
     }
@@ -290,6 +435,8 @@ enum Reply {
     /// This many `ok` replies in a row: a pipelined run of puts.
     Ok(usize),
     Error(&'static str),
+    /// This many puts refused, with the data file's failure.
+    Failed(Arc<str>, usize),
     Points(Snapshot),
 }
 
@@ -352,6 +499,9 @@ struct Connection<'a> {
     input: Input,
     output: Vec<u8>,
     replies: Vec<Reply>,
+    /// This batch's puts as data file lines, and how many.
+    journal_lines: Vec<u8>,
+    journal_count: u64,
     log_limit: RateLimit,
 }
 
@@ -369,6 +519,8 @@ impl<'a> Connection<'a> {
             },
             output: Vec::new(),
             replies: Vec::new(),
+            journal_lines: Vec::new(),
+            journal_count: 0,
             log_limit: RateLimit::new(LOG_LINES_PER_SECOND),
         }
     }
@@ -447,6 +599,10 @@ impl<'a> Connection<'a> {
     /// replies. Returns how the connection must end, if a line ends it.
     fn answer_lines(&mut self) -> Option<End> {
         let max_line = self.shared.config.max_line_bytes;
+        let journal = self.shared.journal.as_ref();
+        // A data file that cannot be written refuses puts before they touch the store.
+        let refusal = journal.and_then(Journal::failure);
+        let since = self.shared.since();
         let mut store: Option<MutexGuard<'_, Store>> = None;
         let mut end = None;
         while let Some(len) = find_newline(self.input.pending()) {
@@ -463,17 +619,30 @@ impl<'a> Connection<'a> {
                     value,
                     timestamp,
                 })) => {
-                    let store = store.get_or_insert_with(|| self.shared.lock());
-                    store.put(metric, value, timestamp);
-                    match self.replies.last_mut() {
-                        Some(Reply::Ok(run)) => *run += 1,
-                        _ => self.replies.push(Reply::Ok(1)),
+                    if let Some(message) = &refusal {
+                        self.replies.push(Reply::Failed(Arc::clone(message), 1));
+                    } else {
+                        let store = store.get_or_insert_with(|| self.shared.lock());
+                        store.put(metric, value, timestamp);
+                        if journal.is_some() {
+                            protocol::write_point(
+                                &mut self.journal_lines,
+                                metric,
+                                value,
+                                timestamp,
+                            );
+                            self.journal_count += 1;
+                        }
+                        match self.replies.last_mut() {
+                            Some(Reply::Ok(run)) => *run += 1,
+                            _ => self.replies.push(Reply::Ok(1)),
+                        }
                     }
                 }
                 Ok(Some(Request::Get(selector))) => {
                     let store = store.get_or_insert_with(|| self.shared.lock());
                     self.replies
-                        .push(Reply::Points(store.snapshot(selector, i64::MIN)));
+                        .push(Reply::Points(store.snapshot(selector, since)));
                 }
                 Err(_) if is_http(line) => {
                     // A browser or proxy talking to the wrong port: nothing it sent is applied.
@@ -488,7 +657,28 @@ impl<'a> Connection<'a> {
             }
             self.input.start += len + 1;
         }
+        // Lines go to the journal in the order the store applied them: before the lock is let go.
+        let commit = match journal {
+            Some(journal) if self.journal_count > 0 => {
+                let seq = journal.append(&self.journal_lines, self.journal_count);
+                self.journal_lines.clear();
+                self.journal_count = 0;
+                Some((journal, seq))
+            }
+            _ => None,
+        };
         drop(store);
+        if let Some((journal, seq)) = commit {
+            if let Err(message) = journal.commit(seq) {
+                // Not written, so not acknowledged.
+                warn!("{} puts refused: {message}", self.peer);
+                for reply in &mut self.replies {
+                    if let Reply::Ok(run) = *reply {
+                        *reply = Reply::Failed(Arc::clone(&message), run);
+                    }
+                }
+            }
+        }
         end
     }
 
@@ -502,6 +692,11 @@ impl<'a> Connection<'a> {
                     }
                 }
                 Reply::Error(message) => protocol::write_error(&mut self.output, message),
+                Reply::Failed(message, run) => {
+                    for _ in 0..run {
+                        protocol::write_error(&mut self.output, &message);
+                    }
+                }
                 Reply::Points(mut snapshot) => {
                     self.output.extend_from_slice(b"ok\n");
                     for (metric, value, timestamp) in snapshot.iter() {
@@ -612,6 +807,7 @@ mod tests {
             store: Mutex::new(Store::new()),
             config: Config::default(),
             open: AtomicUsize::new(0),
+            journal: None,
         });
         shared.lock().put("m", 1.0, 1);
         let poisoner = Arc::clone(&shared);

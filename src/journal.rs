@@ -1,0 +1,596 @@
+//! The data file: an append-only journal of puts, replayed at start-up and compacted when it
+//! holds more than twice the live points.
+//!
+//! The file is plain text, one point per line, `metric value timestamp\n`: the lines
+//! `metrics get` prints, so it can be read, grepped and fed to `metrics put -`.
+//!
+//! Ordering: connection threads format their puts' lines while they hold the store lock and
+//! [`Journal::append`] them to the pending buffer before releasing it, so the file's order is
+//! the store's order. [`Journal::commit`] then writes (and for `--fsync always`, syncs) the
+//! pending bytes under the writer lock, outside the store lock; whoever gets the writer lock
+//! first writes everyone's pending lines at once (group commit). A put is acknowledged only
+//! after its line is written.
+//!
+//! Positions: every byte ever appended has a sequence number. The current file holds the
+//! bytes from `base` on at offset `seq - base`; compaction writes a snapshot plus the lines
+//! appended after it to a new file and moves `base` accordingly.
+
+use crate::protocol;
+use crate::store::{Snapshot, Store};
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
+/// Compaction waits until the file holds at least this many lines, so small files are not
+/// rewritten over and over.
+pub const COMPACT_MIN_LINES: u64 = 1000;
+
+/// When the data file is synced to the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fsync {
+    /// Before every acknowledgement (one sync per group of requests written together).
+    Always,
+    /// Once a second, in the background.
+    EverySec,
+    /// Never explicitly; the OS writes the file back when it likes.
+    No,
+}
+
+impl Fsync {
+    /// Reads `always`, `everysec` or `no`.
+    pub fn parse(text: &str) -> Option<Fsync> {
+        match text {
+            "always" => Some(Fsync::Always),
+            "everysec" => Some(Fsync::EverySec),
+            "no" => Some(Fsync::No),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Fsync {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Fsync::Always => "always",
+            Fsync::EverySec => "everysec",
+            Fsync::No => "no",
+        })
+    }
+}
+
+/// Why the data file cannot be used.
+#[derive(Debug)]
+pub enum JournalError {
+    /// An operating-system error while `action` (e.g. "open", "read", "rewrite").
+    Io {
+        path: PathBuf,
+        action: &'static str,
+        source: io::Error,
+    },
+    /// A complete line that is not a point; the file is left as it is.
+    Corrupt {
+        path: PathBuf,
+        line: u64,
+        problem: String,
+    },
+}
+
+impl fmt::Display for JournalError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JournalError::Io {
+                path,
+                action,
+                source,
+            } => write!(f, "cannot {action} {}: {source}", path.display()),
+            JournalError::Corrupt {
+                path,
+                line,
+                problem,
+            } => write!(f, "{}:{line}: {problem}", path.display()),
+        }
+    }
+}
+
+impl std::error::Error for JournalError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            JournalError::Io { source, .. } => Some(source),
+            JournalError::Corrupt { .. } => None,
+        }
+    }
+}
+
+/// What start-up found in the file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoadReport {
+    /// Complete lines read.
+    pub lines: u64,
+    /// Points older than the retention window, not loaded.
+    pub expired: u64,
+    /// Bytes of a torn last line (no `\n`) cut from the end of the file.
+    pub torn_bytes: u64,
+}
+
+/// What a compaction did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompactReport {
+    pub lines_before: u64,
+    pub lines_after: u64,
+    pub millis: u128,
+}
+
+/// A place in the journal: bytes and lines appended so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    seq: u64,
+    lines: u64,
+}
+
+#[derive(Debug)]
+struct Pending {
+    buf: Vec<u8>,
+    /// Sequence number just past the last byte appended.
+    seq: u64,
+    /// Lines in the file plus lines pending.
+    lines: u64,
+}
+
+#[derive(Debug)]
+struct Writer {
+    file: File,
+    /// Sequence number just past the last byte written to `file`.
+    written: u64,
+    /// The file holds sequence number `seq` at offset `seq - base`.
+    base: i64,
+    /// Bytes of complete lines in the file; a failed write is cut back to this.
+    len: u64,
+    /// The other half of the pending buffer, swapped in so neither allocates.
+    spare: Vec<u8>,
+}
+
+/// The open data file.
+#[derive(Debug)]
+pub struct Journal {
+    path: PathBuf,
+    fsync: Fsync,
+    pending: Mutex<Pending>,
+    writer: Mutex<Writer>,
+    /// A second handle for background syncs, so they never wait for the writer lock; replaced
+    /// along with the file by compaction.
+    sync_handle: Mutex<File>,
+    failing: AtomicBool,
+    failure: Mutex<Option<Arc<str>>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Journal state is updated in single steps that do not panic; see the server's lock policy.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Journal {
+    /// Opens (or creates) the data file at `path` and replays it into a new store, leaving out
+    /// points with timestamps before `since`. A torn last line is cut off; any other line that
+    /// is not a point stops everything and leaves the file untouched.
+    ///
+    /// # Errors
+    /// [`JournalError::Corrupt`] naming the line, or [`JournalError::Io`].
+    pub fn open(
+        path: &Path,
+        fsync: Fsync,
+        since: i64,
+    ) -> Result<(Store, Journal, LoadReport), JournalError> {
+        let io_error = |action| {
+            let path = path.to_path_buf();
+            move |source| JournalError::Io {
+                path,
+                action,
+                source,
+            }
+        };
+        let existed = path.exists();
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(path)
+            .map_err(io_error("open"))?;
+        if !existed {
+            sync_parent(path).map_err(io_error("sync the directory of"))?;
+        }
+        let (store, report, good_len) = replay(&file, path, since)?;
+        if report.torn_bytes > 0 {
+            file.set_len(good_len)
+                .map_err(io_error("cut the torn line from"))?;
+            file.sync_all().map_err(io_error("sync"))?;
+        }
+        let sync_handle = file.try_clone().map_err(io_error("open"))?;
+        let journal = Journal {
+            path: path.to_path_buf(),
+            fsync,
+            pending: Mutex::new(Pending {
+                buf: Vec::new(),
+                seq: good_len,
+                lines: report.lines,
+            }),
+            writer: Mutex::new(Writer {
+                file,
+                written: good_len,
+                base: 0,
+                len: good_len,
+                spare: Vec::new(),
+            }),
+            sync_handle: Mutex::new(sync_handle),
+            failing: AtomicBool::new(false),
+            failure: Mutex::new(None),
+        };
+        Ok((store, journal, report))
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The sync policy.
+    pub fn fsync(&self) -> Fsync {
+        self.fsync
+    }
+
+    /// The message puts are refused with while the file cannot be written, if it cannot.
+    pub fn failure(&self) -> Option<Arc<str>> {
+        if self.failing.load(Ordering::Acquire) {
+            lock(&self.failure).clone()
+        } else {
+            None
+        }
+    }
+
+    fn fail(&self, message: String) -> Arc<str> {
+        let message: Arc<str> = Arc::from(message);
+        *lock(&self.failure) = Some(Arc::clone(&message));
+        self.failing.store(true, Ordering::Release);
+        message
+    }
+
+    /// Appends `count` point lines. Call it while holding the store lock that applied them.
+    /// Returns the sequence number to [`commit`](Journal::commit) them up to.
+    pub fn append(&self, lines: &[u8], count: u64) -> u64 {
+        let mut pending = lock(&self.pending);
+        pending.buf.extend_from_slice(lines);
+        pending.seq += lines.len() as u64;
+        pending.lines += count;
+        pending.seq
+    }
+
+    /// Where the journal stands. Call it while holding the store lock to pair it with a
+    /// snapshot.
+    pub fn position(&self) -> Position {
+        let pending = lock(&self.pending);
+        Position {
+            seq: pending.seq,
+            lines: pending.lines,
+        }
+    }
+
+    /// Lines in the file and pending, live or not.
+    pub fn lines(&self) -> u64 {
+        lock(&self.pending).lines
+    }
+
+    /// Makes sure every byte up to `seq` is written (and synced, for `--fsync always`).
+    ///
+    /// # Errors
+    /// The reason, when the file cannot be written: the bytes stay pending for a later retry,
+    /// and the journal refuses puts until a write succeeds.
+    pub fn commit(&self, seq: u64) -> Result<(), Arc<str>> {
+        let mut writer = lock(&self.writer);
+        if writer.written < seq {
+            self.write_pending(&mut writer)?;
+        }
+        Ok(())
+    }
+
+    /// Writes everything pending: a retry after a failure, or before a compaction.
+    ///
+    /// # Errors
+    /// As [`commit`](Journal::commit).
+    pub fn flush(&self) -> Result<(), Arc<str>> {
+        let mut writer = lock(&self.writer);
+        self.write_pending(&mut writer)
+    }
+
+    fn write_pending(&self, writer: &mut Writer) -> Result<(), Arc<str>> {
+        let (mut buf, end) = {
+            let mut pending = lock(&self.pending);
+            let spare = std::mem::take(&mut writer.spare);
+            (std::mem::replace(&mut pending.buf, spare), pending.seq)
+        };
+        let mut result = writer.file.write_all(&buf);
+        if result.is_ok() && self.fsync == Fsync::Always {
+            result = writer.file.sync_data();
+        }
+        if let Err(e) = result {
+            // Cut off any part of a line that made it, so later appends start on a line of
+            // their own; keep the bytes, in order, for the next try.
+            let _ = writer.file.set_len(writer.len);
+            let mut pending = lock(&self.pending);
+            buf.extend_from_slice(&pending.buf);
+            pending.buf = buf;
+            return Err(self.fail(format!("cannot write data file: {e}")));
+        }
+        writer.written = end;
+        writer.len += buf.len() as u64;
+        buf.clear();
+        writer.spare = buf;
+        if self.failing.swap(false, Ordering::AcqRel) {
+            *lock(&self.failure) = None;
+            crate::info!("data file {} is writable again", self.path.display());
+        }
+        Ok(())
+    }
+
+    /// Syncs what has been written: the `everysec` policy's once-a-second step. It uses its
+    /// own handle, so writers are not held up while the disk works.
+    ///
+    /// # Errors
+    /// The OS error.
+    pub fn sync(&self) -> io::Result<()> {
+        lock(&self.sync_handle).sync_data()
+    }
+
+    /// Whether the file holds more than twice `live_points` lines (and at least
+    /// [`COMPACT_MIN_LINES`]).
+    pub fn needs_compaction(&self, live_points: usize) -> bool {
+        let lines = self.lines();
+        lines >= COMPACT_MIN_LINES && lines > 2 * live_points as u64
+    }
+
+    /// Rewrites the file as `snapshot` plus the lines appended after it. `take` must return a
+    /// snapshot of the store and the journal [`position`](Journal::position) read under the
+    /// same store lock. Writers wait only while the short tail is copied and the new file
+    /// moved into place.
+    ///
+    /// # Errors
+    /// [`JournalError::Io`]; the old file is then still in use and complete.
+    pub fn compact(
+        &self,
+        take: impl FnOnce() -> (Snapshot, Position),
+    ) -> Result<CompactReport, JournalError> {
+        let started = Instant::now();
+        let lines_before = self.lines();
+        let (mut snapshot, at) = take();
+        let temp = self.path.with_extension("compact");
+        let io_error = |action| {
+            let path = temp.clone();
+            move |source| JournalError::Io {
+                path,
+                action,
+                source,
+            }
+        };
+        let mut out =
+            BufWriter::with_capacity(1 << 20, File::create(&temp).map_err(io_error("create"))?);
+        let (mut written, mut points) = (0u64, 0u64);
+        let mut line = Vec::with_capacity(128);
+        for (metric, value, timestamp) in snapshot.iter() {
+            line.clear();
+            protocol::write_point(&mut line, metric, value, timestamp);
+            out.write_all(&line).map_err(io_error("write"))?;
+            written += line.len() as u64;
+            points += 1;
+        }
+        drop(snapshot);
+        let mut temp_file = out
+            .into_inner()
+            .map_err(|e| io_error("write")(e.into_error()))?;
+
+        // From here writers wait: bring the old file up to date, copy what came after the
+        // snapshot, and switch.
+        let mut writer = lock(&self.writer);
+        self.write_pending(&mut writer)
+            .map_err(|message| JournalError::Io {
+                path: self.path.clone(),
+                action: "write",
+                source: io::Error::other(message.to_string()),
+            })?;
+        let tail_start = (at.seq as i64 - writer.base) as u64;
+        let mut old = File::open(&self.path).map_err(io_error("reopen"))?;
+        old.seek(SeekFrom::Start(tail_start))
+            .map_err(io_error("read"))?;
+        let tail = io::copy(&mut old.take(writer.len - tail_start), &mut temp_file)
+            .map_err(io_error("copy the tail to"))?;
+        temp_file.sync_all().map_err(io_error("sync"))?;
+        fs::rename(&temp, &self.path).map_err(io_error("rename"))?;
+        sync_parent(&self.path).map_err(io_error("sync the directory of"))?;
+        let file = OpenOptions::new()
+            .append(true)
+            .open(&self.path)
+            .map_err(io_error("open"))?;
+        *lock(&self.sync_handle) = file.try_clone().map_err(io_error("open"))?;
+        writer.file = file;
+        writer.base = at.seq as i64 - written as i64;
+        writer.len = written + tail;
+        let lines_after = {
+            let mut pending = lock(&self.pending);
+            pending.lines = points + (pending.lines - at.lines);
+            pending.lines
+        };
+        drop(writer);
+        Ok(CompactReport {
+            lines_before,
+            lines_after,
+            millis: started.elapsed().as_millis(),
+        })
+    }
+}
+
+/// Syncs the directory holding `path`, so a created or renamed file's name is durable.
+fn sync_parent(path: &Path) -> io::Result<()> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    File::open(parent)?.sync_all()
+}
+
+/// Reads every complete line into a store. Returns it, what was found, and the length of the
+/// complete lines.
+fn replay(file: &File, path: &Path, since: i64) -> Result<(Store, LoadReport, u64), JournalError> {
+    let mut store = Store::new();
+    let mut report = LoadReport::default();
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut line = Vec::with_capacity(256);
+    let mut good_len = 0u64;
+    loop {
+        line.clear();
+        let read = reader
+            .read_until(b'\n', &mut line)
+            .map_err(|source| JournalError::Io {
+                path: path.to_path_buf(),
+                action: "read",
+                source,
+            })?;
+        if read == 0 {
+            break;
+        }
+        if line.last() != Some(&b'\n') {
+            // The end of the file, mid-line: a write the crash cut short.
+            report.torn_bytes = read as u64;
+            break;
+        }
+        report.lines += 1;
+        let (metric, value, timestamp) = protocol::parse_point(&line[..line.len() - 1])
+            .filter(|(metric, _, _)| *metric != "*")
+            .ok_or_else(|| JournalError::Corrupt {
+                path: path.to_path_buf(),
+                line: report.lines,
+                problem: describe_bad_line(&line),
+            })?;
+        if timestamp < since {
+            report.expired += 1;
+        } else {
+            store.put(metric, value, timestamp);
+        }
+        good_len += read as u64;
+    }
+    Ok((store, report, good_len))
+}
+
+fn describe_bad_line(line: &[u8]) -> String {
+    const SHOWN: usize = 80;
+    let text = String::from_utf8_lossy(&line[..line.len().min(SHOWN)]);
+    format!(
+        "not a 'metric value timestamp' line: {:?}",
+        text.trim_end_matches('\n')
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Selector;
+
+    fn temp_path(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("metrics-journal-{}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir.join("data.txt")
+    }
+
+    fn dump(store: &Store) -> String {
+        let mut out = Vec::new();
+        for (m, v, t) in store.snapshot(Selector::All, i64::MIN).iter() {
+            protocol::write_point(&mut out, m, v, t);
+        }
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn appended_lines_replay_in_order() {
+        let path = temp_path("replay");
+        let (_, journal, report) = Journal::open(&path, Fsync::No, i64::MIN).unwrap();
+        assert_eq!(report, LoadReport::default());
+        let seq = journal.append(b"a 1.0 1\nb 2.0 2\na 3.0 1\n", 3);
+        journal.commit(seq).unwrap();
+        let (store, _, report) = Journal::open(&path, Fsync::No, i64::MIN).unwrap();
+        assert_eq!(report.lines, 3);
+        assert_eq!(dump(&store), "a 3.0 1\nb 2.0 2\n");
+    }
+
+    #[test]
+    fn a_torn_last_line_is_cut_and_later_appends_read_back() {
+        let path = temp_path("torn");
+        fs::write(&path, "a 1.0 1\nb 2.0 2\nc 3.").unwrap();
+        let (store, journal, report) = Journal::open(&path, Fsync::Always, i64::MIN).unwrap();
+        assert_eq!(report.torn_bytes, 4);
+        assert_eq!(dump(&store), "a 1.0 1\nb 2.0 2\n");
+        let seq = journal.append(b"d 4.0 4\n", 1);
+        journal.commit(seq).unwrap();
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            "a 1.0 1\nb 2.0 2\nd 4.0 4\n"
+        );
+    }
+
+    #[test]
+    fn a_bad_line_in_the_middle_refuses_and_leaves_the_file() {
+        let path = temp_path("corrupt");
+        let text = "a 1.0 1\nb two 2\nc 3.0 3\n";
+        fs::write(&path, text).unwrap();
+        let error = Journal::open(&path, Fsync::No, i64::MIN).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "{}:2: not a 'metric value timestamp' line: \"b two 2\"",
+                path.display()
+            )
+        );
+        assert_eq!(fs::read_to_string(&path).unwrap(), text);
+    }
+
+    #[test]
+    fn compaction_keeps_the_live_points_and_later_appends() {
+        let path = temp_path("compact");
+        let (mut store, journal, _) = Journal::open(&path, Fsync::EverySec, i64::MIN).unwrap();
+        let mut lines = Vec::new();
+        for round in 0..3 {
+            for t in 0..500 {
+                store.put("m", f64::from(round), t);
+                protocol::write_point(&mut lines, "m", f64::from(round), t);
+            }
+        }
+        journal.commit(journal.append(&lines, 1500)).unwrap();
+        assert!(journal.needs_compaction(store.points()));
+        // A put that lands after the snapshot but before the switch must survive.
+        let report = journal
+            .compact(|| {
+                let snapshot = store.snapshot(Selector::All, i64::MIN);
+                let position = journal.position();
+                journal.append(b"late 9.0 9\n", 1);
+                (snapshot, position)
+            })
+            .unwrap();
+        assert_eq!((report.lines_before, report.lines_after), (1500, 501));
+        journal.commit(journal.append(b"later 1.0 1\n", 1)).unwrap();
+        let (replayed, _, report) = Journal::open(&path, Fsync::No, i64::MIN).unwrap();
+        assert_eq!(report.lines, 502);
+        store.put("late", 9.0, 9);
+        store.put("later", 1.0, 1);
+        assert_eq!(dump(&replayed), dump(&store));
+    }
+
+    #[test]
+    fn expired_points_are_not_loaded() {
+        let path = temp_path("expired");
+        fs::write(&path, "a 1.0 1\na 2.0 100\n").unwrap();
+        let (store, _, report) = Journal::open(&path, Fsync::No, 50).unwrap();
+        assert_eq!(report.expired, 1);
+        assert_eq!(dump(&store), "a 2.0 100\n");
+    }
+}
