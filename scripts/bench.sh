@@ -50,6 +50,18 @@ rate() { awk -v n="$1" -v a="$2" -v b="$3" 'BEGIN {printf "%.0f", n / (b - a)}';
 
 bench() { "$BIN" bench --addr "$ADDR" "$@"; }
 
+# median3 COMMAND...: runs COMMAND three times (it prints one number) and prints the median,
+# since single runs on a shared machine vary by 10-20%.
+median3() { for _ in 1 2 3; do "$@"; done | sort -n | sed -n 2p; }
+
+# put_rate NAME BENCH-ARGS...: a fresh server per run, so every run writes new points.
+put_rate() {
+  local name=$1; shift
+  start_server "$name"
+  bench "$@" | field throughput: 2
+  stop_server
+}
+
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)," \
   "$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n 1), Linux $(uname -r)"
 echo "metrics $("$BIN" --version | cut -d' ' -f2); client and server on the same machine"
@@ -57,17 +69,25 @@ echo
 
 declare -A OURS THEIRS
 
-start_server pipe
-OURS[pipe]=$(bench -c 1 -P 1000 -n "$PIPE_N" | field throughput: 2)
-stop_server
+OURS[pipe]=$(median3 put_rate pipe -c 1 -P 1000 -n "$PIPE_N")
 
-start_server single
-OURS[single]=$(bench -c 1 -P 1 -n "$SINGLE_N" | field throughput: 2)
-stop_server
+# Pipelined ingestion with the data file, in each fsync mode. The files live under target/,
+# on the same disk as the build, not on a tmpfs where syncing would cost nothing.
+DATA_DIR=$(mktemp -d -p "$PWD/target" bench-data.XXXXXX)
+declare -A DATA
+data_rate() { # data_rate MODE: one run on a fresh server and a fresh file
+  start_server "data-$1" --data "$DATA_DIR/$1.txt" --fsync "$1"
+  bench -c 1 -P 1000 -n "$PIPE_N" | field throughput: 2
+  stop_server
+  rm -f "$DATA_DIR/$1.txt"
+}
+for mode in always everysec no; do
+  DATA[$mode]=$(median3 data_rate "$mode")
+done
+rm -rf "$DATA_DIR"
 
-start_server many
-OURS[many]=$(bench -c 50 -P 1 -n "$MANY_N" | field throughput: 2)
-stop_server
+OURS[single]=$(median3 put_rate single -c 1 -P 1 -n "$SINGLE_N")
+OURS[many]=$(median3 put_rate many -c 50 -P 1 -n "$MANY_N")
 
 # Memory per point, and get of everything, on STORE_N points over 1000 metrics.
 start_server store
@@ -128,11 +148,11 @@ if command -v redis-server >/dev/null && command -v redis-benchmark >/dev/null; 
   for _ in $(seq 100); do redis-cli -p "$RPORT" ping >/dev/null 2>&1 && break; sleep 0.05; done
   redis_rate() {
     redis-benchmark -h 127.0.0.1 -p "$RPORT" -t set -r 1000 -q "$@" 2>/dev/null | tr '\r' '\n' |
-      awk '/requests per second/ {v = $2} END {printf "%.0f", v}'
+      awk '/requests per second/ {v = $2} END {printf "%.0f\n", v}'
   }
-  THEIRS[pipe]=$(redis_rate -c 1 -P 1000 -n "$PIPE_N")
-  THEIRS[single]=$(redis_rate -c 1 -n "$SINGLE_N")
-  THEIRS[many]=$(redis_rate -c 50 -n "$MANY_N")
+  THEIRS[pipe]=$(median3 redis_rate -c 1 -P 1000 -n "$PIPE_N")
+  THEIRS[single]=$(median3 redis_rate -c 1 -n "$SINGLE_N")
+  THEIRS[many]=$(median3 redis_rate -c 50 -n "$MANY_N")
 fi
 
 ratio() {
@@ -143,6 +163,8 @@ ratio() {
   fi
 }
 
+echo "Put rates are the median of three runs, each on a fresh server (and a fresh data file)."
+echo
 echo "| shape | metrics | Redis (SET) | ratio |"
 echo "|---|---|---|---|"
 echo "| put, pipelined (-P 1000), 1 connection | ${OURS[pipe]} puts/s | $(ratio pipe) |"
@@ -152,6 +174,13 @@ echo "| get of one metric with $ONE_N points | $GET_ONE lines/s | - | - |"
 echo "| get * of $STORE_N points (1000 metrics) | $GET_ALL lines/s | - | - |"
 echo "| bulk \`metrics put -\` of $BULK_N lines | $BULK lines/s | - | - |"
 echo "| memory per point at $STORE_N points (RSS growth / points) | $BYTES_PER_POINT bytes | - | - |"
+echo
+echo "| pipelined put (-P 1000), 1 connection | puts/s | of in-memory |"
+echo "|---|---|---|"
+echo "| in memory | ${OURS[pipe]} | 100% |"
+for mode in everysec always no; do
+  echo "| --data, --fsync $mode | ${DATA[$mode]} | $(awk -v a="${DATA[$mode]}" -v b="${OURS[pipe]}" 'BEGIN {printf "%.0f%%", 100 * a / b}') |"
+done
 echo
 echo "put latency, unpipelined, on a 1M-point store:"
 echo "  beside a CPU-busy neighbour:              ${quiet_line#latency: }"
