@@ -1,7 +1,7 @@
 //! The client library: [`Client`] speaks the protocol over one connection, reused for every
 //! call, and [`ClientError`] says what went wrong. The CLI is built on it.
 
-use crate::protocol::{MalformedReply, Reply, ReplyParser, Request, Selector};
+use crate::protocol::{self, MalformedReply, Reply, ReplyParser, Request, Selector};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -157,7 +157,7 @@ impl<R: Read> ReplyReader<R> {
     ) -> Result<Option<Reply>, ClientError> {
         loop {
             let pending = &self.buf[self.start..self.end];
-            if let Some(len) = pending.iter().position(|&b| b == b'\n') {
+            if let Some(len) = protocol::find_newline(pending) {
                 let line = &pending[..len];
                 self.start += len + 1;
                 let mut stopped = false;

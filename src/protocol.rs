@@ -132,15 +132,32 @@ fn is_separator(b: u8) -> bool {
     b == b' ' || b == b'\t'
 }
 
-/// The index of the first space or tab, eight bytes at a time: every request byte passes here.
+/// The index of the first space or tab.
 fn find_separator(bytes: &[u8]) -> Option<usize> {
+    find_first(bytes, is_separator, |word| {
+        zero_bytes(word ^ u64::from_le_bytes([b' '; 8]))
+            | zero_bytes(word ^ u64::from_le_bytes([b'\t'; 8]))
+    })
+}
+
+/// The index of the first `\n`: where a request line ends.
+pub fn find_newline(bytes: &[u8]) -> Option<usize> {
+    find_first(
+        bytes,
+        |b| b == b'\n',
+        |word| zero_bytes(word ^ u64::from_le_bytes([b'\n'; 8])),
+    )
+}
+
+/// The index of the first byte that `is` accepts, eight bytes at a time, since every request
+/// byte passes through here: `mark` gives the high bit of each byte of a word that `is` would
+/// accept.
+fn find_first(bytes: &[u8], is: impl Fn(u8) -> bool, mark: impl Fn(u64) -> u64) -> Option<usize> {
     let mut words = bytes.chunks_exact(8);
     for (i, word) in (&mut words).enumerate() {
         let mut array = [0u8; 8];
         array.copy_from_slice(word);
-        let word = u64::from_le_bytes(array);
-        let found = zero_bytes(word ^ u64::from_le_bytes([b' '; 8]))
-            | zero_bytes(word ^ u64::from_le_bytes([b'\t'; 8]));
+        let found = mark(u64::from_le_bytes(array));
         if found != 0 {
             return Some(i * 8 + (found.trailing_zeros() / 8) as usize);
         }
@@ -149,7 +166,7 @@ fn find_separator(bytes: &[u8]) -> Option<usize> {
     words
         .remainder()
         .iter()
-        .position(|&b| is_separator(b))
+        .position(|&b| is(b))
         .map(|i| tail + i)
 }
 
@@ -676,6 +693,26 @@ mod tests {
                     text.split([' ', '\t']).filter(|t| !t.is_empty()).collect();
                 assert_eq!(tokens(&text).collect::<Vec<_>>(), expected, "{text:?}");
             }
+        }
+    }
+
+    #[test]
+    fn find_newline_finds_the_first_one_anywhere() {
+        for len in 0..40 {
+            for at in 0..len {
+                let mut bytes = vec![b'x'; len];
+                bytes[at] = b'\n';
+                if at + 3 < len {
+                    bytes[at + 3] = b'\n';
+                }
+                // Bytes one off from a newline must not be taken for one.
+                if at > 0 {
+                    bytes[at - 1] = b'\n' + 1;
+                }
+                assert_eq!(find_newline(&bytes), Some(at), "{len} {at}");
+            }
+            assert_eq!(find_newline(&vec![0x8a; len]), None);
+            assert_eq!(find_newline(&vec![0x0b; len]), None);
         }
     }
 

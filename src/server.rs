@@ -605,7 +605,7 @@ impl<'a> Connection<'a> {
         let since = self.shared.since();
         let mut store: Option<MutexGuard<'_, Store>> = None;
         let mut end = None;
-        while let Some(len) = find_newline(self.input.pending()) {
+        while let Some(len) = protocol::find_newline(self.input.pending()) {
             let line = &self.input.buf[self.input.start..self.input.start + len];
             if len > max_line {
                 self.replies.push(Reply::Error(LINE_TOO_LONG));
@@ -671,7 +671,13 @@ impl<'a> Connection<'a> {
         if let Some((journal, seq)) = commit {
             if let Err(message) = journal.commit(seq) {
                 // Not written, so not acknowledged.
-                warn!("{} puts refused: {message}", self.peer);
+                if let Some(suppressed) = self.log_limit.allow(Instant::now()) {
+                    warn!(
+                        "{} puts refused: {message}{}",
+                        self.peer,
+                        suppressed_note(suppressed)
+                    );
+                }
                 for reply in &mut self.replies {
                     if let Reply::Ok(run) = *reply {
                         *reply = Reply::Failed(Arc::clone(&message), run);
@@ -727,30 +733,6 @@ fn log_bad_request(limit: &mut RateLimit, peer: SocketAddr, e: RequestError, lin
             suppressed_note(suppressed)
         );
     }
-}
-
-/// The index of the first `\n`, eight bytes at a time: every request byte passes through here.
-pub fn find_newline(bytes: &[u8]) -> Option<usize> {
-    const ONES: u64 = u64::from_le_bytes([1; 8]);
-    const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
-    const NEWLINES: u64 = u64::from_le_bytes([b'\n'; 8]);
-    let mut words = bytes.chunks_exact(8);
-    for (i, word) in (&mut words).enumerate() {
-        let mut array = [0u8; 8];
-        array.copy_from_slice(word);
-        // A zero byte in `x` marks a newline; the lowest flagged byte is always a true one.
-        let x = u64::from_le_bytes(array) ^ NEWLINES;
-        let found = x.wrapping_sub(ONES) & !x & HIGHS;
-        if found != 0 {
-            return Some(i * 8 + (found.trailing_zeros() / 8) as usize);
-        }
-    }
-    let tail = bytes.len() - words.remainder().len();
-    words
-        .remainder()
-        .iter()
-        .position(|&b| b == b'\n')
-        .map(|i| tail + i)
 }
 
 /// Whether a line is an HTTP/1.x request line (`METHOD target HTTP/1.x`) or a `Host:` header.
@@ -821,26 +803,6 @@ mod tests {
         let mut store = shared.lock();
         store.put("m", 2.0, 2);
         assert_eq!(store.points(), 2);
-    }
-
-    #[test]
-    fn find_newline_finds_the_first_one_anywhere() {
-        for len in 0..40 {
-            for at in 0..len {
-                let mut bytes = vec![b'x'; len];
-                bytes[at] = b'\n';
-                if at + 3 < len {
-                    bytes[at + 3] = b'\n';
-                }
-                // Bytes one off from a newline must not be taken for one.
-                if at > 0 {
-                    bytes[at - 1] = b'\n' + 1;
-                }
-                assert_eq!(find_newline(&bytes), Some(at), "{len} {at}");
-            }
-            assert_eq!(find_newline(&vec![0x8a; len]), None);
-            assert_eq!(find_newline(&vec![0x0b; len]), None);
-        }
     }
 
     #[test]

@@ -109,32 +109,20 @@ fn unreachable_server_exits_1_with_a_message() {
 
 #[test]
 fn an_error_reply_exits_1_with_the_server_message() {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let fake = std::thread::spawn(move || {
-        let (stream, _) = listener.accept().unwrap();
-        let mut line = String::new();
-        BufReader::new(&stream).read_line(&mut line).unwrap();
-        (&stream).write_all(b"error\ndisk full\n\n").unwrap();
-    });
+    let (addr, fake) = common::fake_server(b"error\ndisk full\n\n");
+    let addr = addr.to_string();
     metrics()
         .args(["put", "--addr", &addr, "x", "1", "1"])
         .assert()
         .code(1)
         .stderr("metrics: server replied with an error: disk full\n");
-    fake.join().unwrap();
+    assert_eq!(fake.join().unwrap(), "put x 1.0 1\n");
 }
 
 #[test]
 fn a_malformed_reply_exits_1() {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let fake = std::thread::spawn(move || {
-        let (stream, _) = listener.accept().unwrap();
-        let mut line = String::new();
-        BufReader::new(&stream).read_line(&mut line).unwrap();
-        (&stream).write_all(b"ok\npalm.cpu 10.5 12 13\n\n").unwrap();
-    });
+    let (addr, fake) = common::fake_server(b"ok\npalm.cpu 10.5 12 13\n\n");
+    let addr = addr.to_string();
     metrics()
         .args(["get", "--addr", &addr, "palm.cpu"])
         .assert()

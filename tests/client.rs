@@ -3,11 +3,9 @@
 
 mod common;
 
-use common::TestServer;
+use common::{fake_server, TestServer};
 use metrics::{Client, ClientError};
-use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
-use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 #[test]
@@ -181,22 +179,4 @@ fn the_connection_is_reused_for_every_call() {
     drop(client);
     assert!(server.wait_for_log("disconnected", 1));
     assert_eq!(server.logs().matches("connected (").count(), 1);
-}
-
-/// A one-shot server: reads one request line, answers `reply`, closes. Returns what it read.
-fn fake_server(reply: &'static [u8]) -> (std::net::SocketAddr, JoinHandle<String>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let handle = thread::spawn(move || {
-        let (stream, _) = listener.accept().unwrap();
-        stream.set_read_timeout(Some(common::PATIENCE)).unwrap();
-        let mut reader = BufReader::new(&stream);
-        let mut request = String::new();
-        let _ = reader.read_line(&mut request);
-        if !request.is_empty() {
-            let _ = (&stream).write_all(reply);
-        }
-        request
-    });
-    (addr, handle)
 }

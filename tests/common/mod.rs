@@ -238,3 +238,21 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// A one-shot server: reads one request line, answers `reply`, closes. Returns what it read.
+pub fn fake_server(reply: &'static [u8]) -> (SocketAddr, std::thread::JoinHandle<String>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handle = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        let mut reader = BufReader::new(&stream);
+        let mut request = String::new();
+        let _ = reader.read_line(&mut request);
+        if !request.is_empty() {
+            let _ = (&stream).write_all(reply);
+        }
+        request
+    });
+    (addr, handle)
+}
