@@ -361,12 +361,25 @@ impl Journal {
         &self,
         take: impl FnOnce() -> (Snapshot, Position),
     ) -> Result<CompactReport, JournalError> {
+        let temp = self.path.with_extension("compact");
+        let result = self.rewrite(&temp, take);
+        if result.is_err() {
+            // The old file is still the data file; the half-made one goes.
+            let _ = fs::remove_file(&temp);
+        }
+        result
+    }
+
+    fn rewrite(
+        &self,
+        temp: &Path,
+        take: impl FnOnce() -> (Snapshot, Position),
+    ) -> Result<CompactReport, JournalError> {
         let started = Instant::now();
         let lines_before = self.lines();
         let (mut snapshot, at) = take();
-        let temp = self.path.with_extension("compact");
         let io_error = |action| {
-            let path = temp.clone();
+            let path = temp.to_path_buf();
             move |source| JournalError::Io {
                 path,
                 action,
@@ -374,7 +387,7 @@ impl Journal {
             }
         };
         let mut out =
-            BufWriter::with_capacity(1 << 20, File::create(&temp).map_err(io_error("create"))?);
+            BufWriter::with_capacity(1 << 20, File::create(temp).map_err(io_error("create"))?);
         let (mut written, mut points) = (0u64, 0u64);
         let mut line = Vec::with_capacity(128);
         for (metric, value, timestamp) in snapshot.iter() {
@@ -405,7 +418,7 @@ impl Journal {
         let tail = io::copy(&mut old.take(writer.len - tail_start), &mut temp_file)
             .map_err(io_error("copy the tail to"))?;
         temp_file.sync_all().map_err(io_error("sync"))?;
-        fs::rename(&temp, &self.path).map_err(io_error("rename"))?;
+        fs::rename(temp, &self.path).map_err(io_error("rename"))?;
         sync_parent(&self.path).map_err(io_error("sync the directory of"))?;
         let file = OpenOptions::new()
             .append(true)
@@ -583,6 +596,22 @@ mod tests {
         store.put("late", 9.0, 9);
         store.put("later", 1.0, 1);
         assert_eq!(dump(&replayed), dump(&store));
+    }
+
+    #[test]
+    fn a_failed_compaction_leaves_the_old_file_in_use() {
+        let path = temp_path("compact-fails");
+        let (mut store, journal, _) = Journal::open(&path, Fsync::No, i64::MIN).unwrap();
+        store.put("a", 1.0, 1);
+        journal.commit(journal.append(b"a 1.0 1\n", 1)).unwrap();
+        // Something in the way of the new file.
+        fs::create_dir(path.with_extension("compact")).unwrap();
+        let error = journal
+            .compact(|| (store.snapshot(Selector::All, i64::MIN), journal.position()))
+            .unwrap_err();
+        assert!(error.to_string().starts_with("cannot create "), "{error}");
+        journal.commit(journal.append(b"b 2.0 2\n", 1)).unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "a 1.0 1\nb 2.0 2\n");
     }
 
     #[test]

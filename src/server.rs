@@ -143,8 +143,6 @@ const LINGER_BYTES: usize = 1 << 20;
 const LOG_LINES_PER_SECOND: u32 = 5;
 
 impl Server {
-    /// Binds the listening socket.
-    ///
     /// Binds the listening socket, then loads the data file if there is one (so a port in use
     /// never touches the file).
     ///
@@ -298,6 +296,8 @@ fn log_compaction(journal: &Journal, report: &CompactReport) {
     );
 }
 
+/// How long a failed compaction waits before the next try.
+const COMPACT_RETRY: Duration = Duration::from_secs(60);
 /// How often the maintenance thread wakes.
 const TICK: Duration = Duration::from_millis(100);
 
@@ -310,6 +310,8 @@ fn maintain(shared: &Shared) {
         .retention
         .map(|window| (window / 10).clamp(second, 60 * second));
     let (mut synced, mut checked, mut swept) = (Instant::now(), Instant::now(), Instant::now());
+    // After a failed compaction (a full disk, say), wait a while before the next attempt.
+    let mut compact_after = Instant::now();
     loop {
         thread::sleep(TICK);
         if let Some(journal) = &shared.journal {
@@ -326,7 +328,7 @@ fn maintain(shared: &Shared) {
             if checked.elapsed() >= second {
                 checked = Instant::now();
                 let points = shared.lock().points();
-                if journal.needs_compaction(points) {
+                if journal.needs_compaction(points) && Instant::now() >= compact_after {
                     let since = shared.since();
                     let take = || {
                         let store = shared.lock();
@@ -334,7 +336,10 @@ fn maintain(shared: &Shared) {
                     };
                     match journal.compact(take) {
                         Ok(report) => log_compaction(journal, &report),
-                        Err(e) => error!("compaction failed: {e}"),
+                        Err(e) => {
+                            compact_after = Instant::now() + COMPACT_RETRY;
+                            error!("compaction failed, next try in {COMPACT_RETRY:?}: {e}");
+                        }
                     }
                 }
             }
