@@ -2,11 +2,14 @@
 //!
 //! Each metric owns a series of points sorted by timestamp, kept in chunks of at most
 //! [`CHUNK_POINTS`] points. A chunk stores its timestamps as `u32` offsets from a base, packed
-//! beside the value's bits in one array, so a
-//! point costs 12 bytes (4 + 8) instead of 16, and appending in time order never copies more than
-//! one chunk. Chunks sit behind `Arc`s: a [`Snapshot`] for a `get` only bumps reference counts,
-//! so the server can hold the lock for microseconds and format the reply after releasing it. A
-//! writer that later changes a chunk a snapshot still shares copies that one chunk first.
+//! beside the value's bits in one array, so a point costs 12 bytes (4 + 8) instead of 16, and
+//! appending in time order never copies more than one chunk. Chunks sit behind `Arc`s: a
+//! [`Snapshot`] for a `get` only bumps reference counts, so the server can hold the lock for
+//! microseconds and format the reply after releasing it. A writer that later changes a chunk a
+//! snapshot still shares copies that one chunk first.
+//!
+//! Timestamps more than 2^32 seconds (136 years) apart cannot share a chunk, so points spread
+//! that widely cost a chunk each: correct, just not compact.
 
 use crate::protocol::Selector;
 use std::collections::HashMap;
@@ -16,8 +19,9 @@ use std::sync::Arc;
 /// The most points one chunk holds; a full chunk is about 12 KiB.
 pub const CHUNK_POINTS: usize = 1024;
 
-/// All metrics, by name. A hash map makes a put's lookup one hash; `get *` sorts the names of
-/// its snapshot after the lock is released.
+/// All metrics, by name. A hash map makes a put's lookup one hash (std's keyed SipHash, so
+/// clients cannot flood one bucket with chosen names); `get *` sorts the names of its snapshot
+/// after the lock is released.
 #[derive(Debug, Default)]
 pub struct Store {
     series: HashMap<Arc<str>, Series>,
