@@ -42,6 +42,7 @@ fn overlong_lines_get_an_error_and_close_with_bounded_memory() {
         assert_eq!(stream.join().unwrap(), TOO_LONG);
     }
     let grown = server.peak_rss_kib().saturating_sub(before);
+    eprintln!("peak memory grew by {grown} KiB");
     assert!(grown < 4 * 1024, "peak memory grew by {grown} KiB");
     // Other clients are unaffected.
     exchange(&mut bystander, b"put calm 2 2\n", OK);
