@@ -18,7 +18,7 @@
 use crate::protocol;
 use crate::store::{Snapshot, Store};
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -160,8 +160,8 @@ pub struct Journal {
     fsync: Fsync,
     pending: Mutex<Pending>,
     writer: Mutex<Writer>,
-    /// A second handle for background syncs, so they never wait for the writer lock; replaced
-    /// along with the file by compaction.
+    /// A second handle for background syncs, so they never wait for the writer lock; it also
+    /// holds the file's advisory lock. Replaced along with the file by compaction.
     sync_handle: Mutex<File>,
     failing: AtomicBool,
     failure: Mutex<Option<Arc<str>>>,
@@ -199,6 +199,16 @@ impl Journal {
             .create(true)
             .open(path)
             .map_err(io_error("open"))?;
+        // Two servers appending to one file would interleave their lines: the second refuses.
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                return Err(io_error("lock")(io::Error::other(
+                    "another metrics server is using it",
+                )))
+            }
+            Err(TryLockError::Error(e)) => return Err(io_error("lock")(e)),
+        }
         if !existed {
             sync_parent(path).map_err(io_error("sync the directory of"))?;
         }
@@ -401,6 +411,10 @@ impl Journal {
         let mut temp_file = out
             .into_inner()
             .map_err(|e| io_error("write")(e.into_error()))?;
+        // The new file carries the lock once it takes the old one's name.
+        temp_file
+            .try_lock()
+            .map_err(|e| io_error("lock")(io::Error::other(e.to_string())))?;
 
         // From here writers wait: bring the old file up to date, copy what came after the
         // snapshot, and switch.
@@ -424,7 +438,7 @@ impl Journal {
             .append(true)
             .open(&self.path)
             .map_err(io_error("open"))?;
-        *lock(&self.sync_handle) = file.try_clone().map_err(io_error("open"))?;
+        *lock(&self.sync_handle) = temp_file;
         writer.file = file;
         writer.base = at.seq as i64 - written as i64;
         writer.len = written + tail;
@@ -531,6 +545,7 @@ mod tests {
         assert_eq!(report, LoadReport::default());
         let seq = journal.append(b"a 1.0 1\nb 2.0 2\na 3.0 1\n", 3);
         journal.commit(seq).unwrap();
+        drop(journal);
         let (store, _, report) = Journal::open(&path, Fsync::No, i64::MIN).unwrap();
         assert_eq!(report.lines, 3);
         assert_eq!(dump(&store), "a 3.0 1\nb 2.0 2\n");
@@ -591,6 +606,7 @@ mod tests {
             .unwrap();
         assert_eq!((report.lines_before, report.lines_after), (1500, 501));
         journal.commit(journal.append(b"later 1.0 1\n", 1)).unwrap();
+        drop(journal);
         let (replayed, _, report) = Journal::open(&path, Fsync::No, i64::MIN).unwrap();
         assert_eq!(report.lines, 502);
         store.put("late", 9.0, 9);
@@ -612,6 +628,25 @@ mod tests {
         assert!(error.to_string().starts_with("cannot create "), "{error}");
         journal.commit(journal.append(b"b 2.0 2\n", 1)).unwrap();
         assert_eq!(fs::read_to_string(&path).unwrap(), "a 1.0 1\nb 2.0 2\n");
+    }
+
+    #[test]
+    fn a_second_journal_on_the_same_file_is_refused_even_after_compaction() {
+        let path = temp_path("locked");
+        let (store, journal, _) = Journal::open(&path, Fsync::No, i64::MIN).unwrap();
+        let refused = Journal::open(&path, Fsync::No, i64::MIN).unwrap_err();
+        assert!(
+            refused
+                .to_string()
+                .ends_with("another metrics server is using it"),
+            "{refused}"
+        );
+        journal
+            .compact(|| (store.snapshot(Selector::All, i64::MIN), journal.position()))
+            .unwrap();
+        assert!(Journal::open(&path, Fsync::No, i64::MIN).is_err());
+        drop(journal);
+        assert!(Journal::open(&path, Fsync::No, i64::MIN).is_ok());
     }
 
     #[test]

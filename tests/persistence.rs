@@ -282,3 +282,21 @@ fn a_failing_disk_refuses_puts_it_cannot_write_and_keeps_serving_reads() {
         );
     }
 }
+
+#[test]
+fn a_second_server_on_the_same_data_file_refuses_to_start() {
+    let dir = TempDir::new("locked");
+    let data = dir.file("data.txt");
+    let first = with_data(&data, &[]);
+    Cli::cargo_bin("metrics")
+        .unwrap()
+        .args(["server", "0", "--data", &data])
+        .timeout(common::PATIENCE)
+        .assert()
+        .code(1)
+        .stderr(format!(
+            "metrics: cannot lock {data}: another metrics server is using it\n"
+        ));
+    let mut s = first.connect();
+    exchange(&mut s, b"put still.mine 1 1\n", OK);
+}
