@@ -5,6 +5,15 @@ mod common;
 use common::TestServer;
 use std::thread;
 
+/// Half the clients write their own metric, half share one.
+fn metric_of(client: usize) -> String {
+    if client.is_multiple_of(2) {
+        format!("own.{client}")
+    } else {
+        "shared".to_string()
+    }
+}
+
 #[test]
 fn many_concurrent_clients_keep_every_point() {
     const CLIENTS: usize = 32;
@@ -16,22 +25,14 @@ fn many_concurrent_clients_keep_every_point() {
             thread::spawn(move || {
                 for i in 0..PUTS {
                     // Half the clients write their own metric, half share one, all at distinct times.
-                    let metric = if c % 2 == 0 {
-                        format!("own.{c}")
-                    } else {
-                        "shared".to_string()
-                    };
+                    let metric = metric_of(c);
                     let timestamp = (i * CLIENTS + c) as i64;
                     client
                         .put(&metric, timestamp as f64 + 0.5, Some(timestamp))
                         .unwrap();
                 }
                 // Each client reads back its own writes.
-                let own = if c % 2 == 0 {
-                    format!("own.{c}")
-                } else {
-                    "shared".to_string()
-                };
+                let own = metric_of(c);
                 let got = client.get(&own).unwrap();
                 assert!(got[&own].len() >= PUTS);
             })
@@ -52,11 +53,7 @@ fn many_concurrent_clients_keep_every_point() {
         for &(timestamp, value) in points {
             assert_eq!(value, timestamp as f64 + 0.5);
             let c = timestamp as usize % CLIENTS;
-            let expected = if c % 2 == 0 {
-                format!("own.{c}")
-            } else {
-                "shared".to_string()
-            };
+            let expected = metric_of(c);
             assert_eq!(metric, &expected);
         }
     }
