@@ -112,7 +112,10 @@ impl Shared {
     /// The oldest timestamp a `get` returns: now minus the retention window.
     fn since(&self) -> i64 {
         match self.config.retention {
-            Some(window) => client::now().saturating_sub(window.as_secs() as i64),
+            Some(window) => {
+                let window = i64::try_from(window.as_secs()).unwrap_or(i64::MAX);
+                client::now().saturating_sub(window)
+            }
             None => i64::MIN,
         }
     }
@@ -808,6 +811,20 @@ mod tests {
         let mut store = shared.lock();
         store.put("m", 2.0, 2);
         assert_eq!(store.points(), 2);
+    }
+
+    #[test]
+    fn a_retention_longer_than_time_itself_keeps_everything() {
+        let shared = Shared {
+            store: Mutex::new(Store::new()),
+            config: Config {
+                retention: Some(Duration::from_secs(u64::MAX)),
+                ..Config::default()
+            },
+            open: AtomicUsize::new(0),
+            journal: None,
+        };
+        assert!(shared.since() < -1_000_000_000);
     }
 
     #[test]
