@@ -184,14 +184,7 @@ impl Journal {
         fsync: Fsync,
         since: i64,
     ) -> Result<(Store, Journal, LoadReport), JournalError> {
-        let io_error = |action| {
-            let path = path.to_path_buf();
-            move |source| JournalError::Io {
-                path,
-                action,
-                source,
-            }
-        };
+        let io_error = |action| io_error(path, action);
         let existed = path.exists();
         let file = OpenOptions::new()
             .read(true)
@@ -388,14 +381,7 @@ impl Journal {
         let started = Instant::now();
         let lines_before = self.lines();
         let (mut snapshot, at) = take();
-        let io_error = |action| {
-            let path = temp.to_path_buf();
-            move |source| JournalError::Io {
-                path,
-                action,
-                source,
-            }
-        };
+        let io_error = |action| io_error(temp, action);
         let mut out =
             BufWriter::with_capacity(1 << 20, File::create(temp).map_err(io_error("create"))?);
         let (mut written, mut points) = (0u64, 0u64);
@@ -453,6 +439,16 @@ impl Journal {
             lines_after,
             millis: started.elapsed().as_millis(),
         })
+    }
+}
+
+/// Wraps an OS error from `action` on `path`.
+fn io_error(path: &Path, action: &'static str) -> impl FnOnce(io::Error) -> JournalError {
+    let path = path.to_path_buf();
+    move |source| JournalError::Io {
+        path,
+        action,
+        source,
     }
 }
 

@@ -20,6 +20,17 @@ fn with_data(data: &str, extra: &[&str]) -> TestServer {
     TestServer::start_with(&args)
 }
 
+/// `metrics server 0 --data DATA`, which must exit 1 at start-up without printing to stdout.
+fn refused_start(data: &str) -> assert_cmd::assert::Assert {
+    Cli::cargo_bin("metrics")
+        .unwrap()
+        .args(["server", "0", "--data", data])
+        .timeout(common::PATIENCE)
+        .assert()
+        .code(1)
+        .stdout("")
+}
+
 /// Point `i` of the crash test: a metric, a timestamp and a value only it has.
 fn point(i: u64) -> (String, i64, f64) {
     (format!("load.{}", i % 97), (i / 97) as i64, i as f64 + 0.25)
@@ -138,16 +149,9 @@ fn a_corrupt_line_in_the_middle_refuses_to_start_and_leaves_the_file() {
     let data = dir.file("data.txt");
     let text = "a 1.0 1\nb 2.0 2\nthis is not a point\nc 3.0 3\n";
     fs::write(&data, text).unwrap();
-    Cli::cargo_bin("metrics")
-        .unwrap()
-        .args(["server", "0", "--data", &data])
-        .timeout(common::PATIENCE)
-        .assert()
-        .code(1)
-        .stdout("")
-        .stderr(format!(
-            "metrics: {data}:3: not a 'metric value timestamp' line: \"this is not a point\"\n"
-        ));
+    refused_start(&data).stderr(format!(
+        "metrics: {data}:3: not a 'metric value timestamp' line: \"this is not a point\"\n"
+    ));
     assert_eq!(fs::read_to_string(&data).unwrap(), text);
 }
 
@@ -288,15 +292,9 @@ fn a_second_server_on_the_same_data_file_refuses_to_start() {
     let dir = TempDir::new("locked");
     let data = dir.file("data.txt");
     let first = with_data(&data, &[]);
-    Cli::cargo_bin("metrics")
-        .unwrap()
-        .args(["server", "0", "--data", &data])
-        .timeout(common::PATIENCE)
-        .assert()
-        .code(1)
-        .stderr(format!(
-            "metrics: cannot lock {data}: another metrics server is using it\n"
-        ));
+    refused_start(&data).stderr(format!(
+        "metrics: cannot lock {data}: another metrics server is using it\n"
+    ));
     let mut s = first.connect();
     exchange(&mut s, b"put still.mine 1 1\n", OK);
 }
