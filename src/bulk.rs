@@ -6,7 +6,7 @@
 //! ahead of the batch, so a rejection can name its line.
 
 use crate::client::{self, ClientError, ReplyReader};
-use crate::protocol::{self, Reply, Request};
+use crate::protocol::{self, Reply, Request, RequestError};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::ops::ControlFlow;
@@ -80,21 +80,21 @@ pub struct Summary {
 /// Why the line cannot be a point, in words for the user.
 pub fn parse_line(line: &[u8], now: impl FnOnce() -> i64) -> Result<Option<Request<'_>>, String> {
     let text = std::str::from_utf8(line.trim_ascii()).map_err(|_| "not valid utf-8".to_string())?;
-    let mut fields = text.split([' ', '\t']).filter(|f| !f.is_empty());
+    let mut fields = protocol::tokens(text);
     let (metric, value, timestamp) = match (fields.next(), fields.next(), fields.next()) {
         (None, ..) => return Ok(None),
         (Some(metric), Some(value), timestamp) if fields.next().is_none() => {
             (metric, value, timestamp)
         }
         _ => {
-            let count = text.split([' ', '\t']).filter(|f| !f.is_empty()).count();
+            let count = protocol::tokens(text).count();
             return Err(format!(
                 "expected 'metric value [timestamp]', got {count} fields"
             ));
         }
     };
     if metric == "*" {
-        return Err("metric name '*' is reserved".into());
+        return Err(RequestError::ReservedMetric.to_string());
     }
     let value = protocol::parse_value(value).map_err(|e| format!("{e}: '{value}'"))?;
     let timestamp = match timestamp {

@@ -6,7 +6,7 @@
 
 use crate::bench::{self, BenchConfig, Workload};
 use crate::bulk;
-use crate::client::Client;
+use crate::client::{self, Client};
 use crate::journal::Fsync;
 use crate::protocol::{self, RequestError};
 use crate::server::{Config, Server};
@@ -428,19 +428,14 @@ fn parse_client(
         addr: server_addr(addr, env_addr),
         timeout,
     };
-    let check_metric = |metric: &str| {
-        if metric.is_empty() || metric.chars().any(char::is_whitespace) {
-            Err(args.error(format!("invalid metric name {metric:?}")))
-        } else {
-            Ok(metric.to_string())
-        }
+    let check_metric = |metric: &str, for_put| match client::metric_problem(metric, for_put) {
+        Some(problem) => Err(args.error(problem)),
+        None => Ok(metric.to_string()),
     };
     match (topic, positional.as_slice()) {
         (Topic::Put, ["-"]) => Ok(Command::PutStdin { connect }),
         (Topic::Put, [metric, value, rest @ ..]) if rest.len() <= 1 => {
-            if *metric == "*" {
-                return Err(args.error("metric name '*' is reserved for get".into()));
-            }
+            let metric = check_metric(metric, true)?;
             let value = protocol::parse_value(value).map_err(|e| match e {
                 RequestError::NonFiniteValue => {
                     args.error(format!("value must be finite: '{value}'"))
@@ -457,14 +452,14 @@ fn parse_client(
             };
             Ok(Command::Put {
                 connect,
-                metric: check_metric(metric)?,
+                metric,
                 value,
                 timestamp,
             })
         }
         (Topic::Get, [metric]) => Ok(Command::Get {
             connect,
-            metric: check_metric(metric)?,
+            metric: check_metric(metric, false)?,
         }),
         _ => Err(args.error(format!("wrong number of arguments for '{command}'"))),
     }

@@ -240,11 +240,8 @@ impl Client {
         value: f64,
         timestamp: Option<i64>,
     ) -> Result<(), ClientError> {
-        check_metric(metric)?;
-        if metric == "*" {
-            return Err(ClientError::InvalidArgument(
-                "metric name '*' is reserved for get".into(),
-            ));
+        if let Some(problem) = metric_problem(metric, true) {
+            return Err(ClientError::InvalidArgument(problem));
         }
         if !value.is_finite() {
             return Err(ClientError::InvalidArgument(format!(
@@ -300,7 +297,9 @@ impl Client {
         metric: &str,
         each: impl FnMut(&str, f64, i64) -> ControlFlow<()>,
     ) -> Result<(), ClientError> {
-        check_metric(metric)?;
+        if let Some(problem) = metric_problem(metric, false) {
+            return Err(ClientError::InvalidArgument(problem));
+        }
         self.call(Request::Get(Selector::parse(metric)), each)?;
         Ok(())
     }
@@ -341,16 +340,18 @@ impl Client {
     }
 }
 
-fn check_metric(metric: &str) -> Result<(), ClientError> {
+/// Why `metric` can never name a metric in a put (`for_put`) or a get, if it cannot: it is
+/// empty, holds whitespace, or is `*` in a put. The one definition the library and the CLI share.
+pub fn metric_problem(metric: &str, for_put: bool) -> Option<String> {
     if metric.is_empty() {
-        return Err(ClientError::InvalidArgument("metric name is empty".into()));
+        Some("metric name is empty".into())
+    } else if metric.chars().any(char::is_whitespace) {
+        Some(format!("metric name {metric:?} contains whitespace"))
+    } else if for_put && metric == "*" {
+        Some("metric name '*' is reserved for get".into())
+    } else {
+        None
     }
-    if metric.chars().any(char::is_whitespace) {
-        return Err(ClientError::InvalidArgument(format!(
-            "metric name {metric:?} contains whitespace"
-        )));
-    }
-    Ok(())
 }
 
 /// The current time in whole seconds since the Unix epoch.
@@ -383,10 +384,12 @@ mod tests {
 
     #[test]
     fn invalid_metrics_are_refused_before_sending() {
-        assert!(check_metric("").is_err());
-        assert!(check_metric("a b").is_err());
-        assert!(check_metric("a\tb").is_err());
-        assert!(check_metric("palm.cpu").is_ok());
+        assert!(metric_problem("", false).is_some());
+        assert!(metric_problem("a b", false).is_some());
+        assert!(metric_problem("a\tb", false).is_some());
+        assert!(metric_problem("palm.cpu", true).is_none());
+        assert!(metric_problem("*", false).is_none());
+        assert!(metric_problem("*", true).is_some());
     }
 
     #[test]
