@@ -73,7 +73,7 @@ pub struct BenchConfig {
 impl Default for BenchConfig {
     fn default() -> Self {
         BenchConfig {
-            addr: crate::cli::DEFAULT_ADDR.into(),
+            addr: crate::defaults::ADDR.into(),
             timeout: Some(Duration::from_secs(15)),
             connections: 50,
             requests: 100_000,

@@ -6,7 +6,7 @@
 //! ahead of the batch, so a rejection can name its line.
 
 use crate::client::{self, ClientError, ReplyReader};
-use crate::protocol::{self, Reply, Request, RequestError};
+use crate::protocol::{self, Reply, Request};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::ops::ControlFlow;
@@ -74,37 +74,17 @@ pub struct Summary {
     pub rejected: u64,
 }
 
-/// Reads one input line into a put; `Ok(None)` for a blank line.
+/// Reads one input line into a put, with [`protocol::parse_point_line`]; a line without a
+/// timestamp takes `now()`. `Ok(None)` for a blank line.
 ///
 /// # Errors
 /// Why the line cannot be a point, in words for the user.
 pub fn parse_line(line: &[u8], now: impl FnOnce() -> i64) -> Result<Option<Request<'_>>, String> {
-    let text = std::str::from_utf8(line.trim_ascii()).map_err(|_| "not valid utf-8".to_string())?;
-    let mut fields = protocol::tokens(text);
-    let (metric, value, timestamp) = match (fields.next(), fields.next(), fields.next()) {
-        (None, ..) => return Ok(None),
-        (Some(metric), Some(value), timestamp) if fields.next().is_none() => {
-            (metric, value, timestamp)
-        }
-        _ => {
-            let count = protocol::tokens(text).count();
-            return Err(format!(
-                "expected 'metric value [timestamp]', got {count} fields"
-            ));
-        }
-    };
-    if metric == "*" {
-        return Err(RequestError::ReservedMetric.to_string());
-    }
-    let value = protocol::parse_value(value).map_err(|e| format!("{e}: '{value}'"))?;
-    let timestamp = match timestamp {
-        Some(text) => protocol::parse_timestamp(text).map_err(|e| format!("{e}: '{text}'"))?,
-        None => now(),
-    };
-    Ok(Some(Request::Put {
-        metric,
-        value,
-        timestamp,
+    let point = protocol::parse_point_line(line).map_err(|e| e.to_string())?;
+    Ok(point.map(|point| Request::Put {
+        metric: point.metric,
+        value: point.value,
+        timestamp: point.timestamp.unwrap_or_else(now),
     }))
 }
 
@@ -163,7 +143,7 @@ fn write_requests(
             .map_err(BulkError::Input)?;
         if read > 0 {
             number += 1;
-            match parse_line(&line, client::now) {
+            match parse_line(&line, crate::defaults::now) {
                 Ok(Some(request)) => {
                     request.encode(&mut out);
                     numbers.push(number);

@@ -6,7 +6,8 @@
 
 use crate::bench::{self, BenchConfig, Workload};
 use crate::bulk;
-use crate::client::{self, Client};
+use crate::client::Client;
+use crate::defaults::{self, ADDR_ENV};
 use crate::journal::Fsync;
 use crate::protocol::{self, RequestError};
 use crate::server::{Config, Server};
@@ -16,13 +17,6 @@ use std::io::{self, Write};
 use std::ops::ControlFlow;
 use std::process::ExitCode;
 use std::time::Duration;
-
-/// The server address when neither `--addr` nor `METRICS_ADDR` gives one.
-pub const DEFAULT_ADDR: &str = "127.0.0.1:8888";
-/// The environment variable naming the server address.
-pub const ADDR_ENV: &str = "METRICS_ADDR";
-/// Seconds the client waits to connect, and for each read and write, unless `--timeout` says.
-pub const DEFAULT_TIMEOUT_SECS: f64 = 15.0;
 
 /// Which help text to show.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -413,7 +407,7 @@ fn parse_client(
     };
     let mut args = Args::new(args, topic);
     let mut addr = None;
-    let mut timeout = Some(Duration::from_secs_f64(DEFAULT_TIMEOUT_SECS));
+    let mut timeout = Some(defaults::TIMEOUT);
     let mut positional = Vec::new();
     while let Some(arg) = args.next(&["-h"])? {
         match arg {
@@ -428,9 +422,9 @@ fn parse_client(
         addr: server_addr(addr, env_addr),
         timeout,
     };
-    let check_metric = |metric: &str, for_put| match client::metric_problem(metric, for_put) {
-        Some(problem) => Err(args.error(problem)),
-        None => Ok(metric.to_string()),
+    let check_metric = |metric: &str, for_put| match protocol::check_metric(metric, for_put) {
+        Err(problem) => Err(args.error(problem.to_string())),
+        Ok(()) => Ok(metric.to_string()),
     };
     match (topic, positional.as_slice()) {
         (Topic::Put, ["-"]) => Ok(Command::PutStdin { connect }),
@@ -468,7 +462,7 @@ fn parse_client(
 /// The server address: `--addr`, else `$METRICS_ADDR`, else the default.
 fn server_addr(flag: Option<String>, env_addr: Option<&str>) -> String {
     flag.or_else(|| env_addr.filter(|a| !a.is_empty()).map(String::from))
-        .unwrap_or_else(|| DEFAULT_ADDR.to_string())
+        .unwrap_or_else(|| defaults::ADDR.to_string())
 }
 
 fn parse_bench(args: &[&str], env_addr: Option<&str>) -> Result<Command, UsageError> {
@@ -655,7 +649,7 @@ mod tests {
             parse_ok(&["put", "palm.cpu", "0.5", "1150864247"]),
             Command::Put {
                 connect: Connect {
-                    addr: DEFAULT_ADDR.into(),
+                    addr: defaults::ADDR.into(),
                     timeout: Some(Duration::from_secs(15))
                 },
                 metric: "palm.cpu".into(),
@@ -677,7 +671,7 @@ mod tests {
             Command::Get { connect, .. } => connect.addr,
             other => panic!("{other:?}"),
         };
-        assert_eq!(addr(&["get", "*"], None), DEFAULT_ADDR);
+        assert_eq!(addr(&["get", "*"], None), defaults::ADDR);
         assert_eq!(addr(&["get", "*"], Some("h:1")), "h:1");
         assert_eq!(addr(&["get", "--addr", "x:2", "*"], Some("h:1")), "x:2");
         assert_eq!(addr(&["get", "*", "--addr=y:3"], None), "y:3");

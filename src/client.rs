@@ -1,13 +1,14 @@
 //! The client library: [`Client`] speaks the protocol over one connection, reused for every
 //! call, and [`ClientError`] says what went wrong. The CLI is built on it.
 
+use crate::defaults::now;
 use crate::protocol::{self, MalformedReply, Reply, ReplyParser, Request, Selector};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::ops::ControlFlow;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// Points by metric name, each metric's points as `(timestamp, value)` sorted by timestamp.
 pub type Points = BTreeMap<String, Vec<(i64, f64)>>;
@@ -60,6 +61,12 @@ impl std::error::Error for ClientError {
             ClientError::Connect { source, .. } => Some(source),
             _ => None,
         }
+    }
+}
+
+impl ClientError {
+    fn invalid(e: impl fmt::Display) -> Self {
+        ClientError::InvalidArgument(e.to_string())
     }
 }
 
@@ -240,9 +247,7 @@ impl Client {
         value: f64,
         timestamp: Option<i64>,
     ) -> Result<(), ClientError> {
-        if let Some(problem) = metric_problem(metric, true) {
-            return Err(ClientError::InvalidArgument(problem));
-        }
+        protocol::check_metric(metric, true).map_err(ClientError::invalid)?;
         if !value.is_finite() {
             return Err(ClientError::InvalidArgument(format!(
                 "value must be finite, not {value}"
@@ -297,9 +302,7 @@ impl Client {
         metric: &str,
         each: impl FnMut(&str, f64, i64) -> ControlFlow<()>,
     ) -> Result<(), ClientError> {
-        if let Some(problem) = metric_problem(metric, false) {
-            return Err(ClientError::InvalidArgument(problem));
-        }
+        protocol::check_metric(metric, false).map_err(ClientError::invalid)?;
         self.call(Request::Get(Selector::parse(metric)), each)?;
         Ok(())
     }
@@ -340,27 +343,6 @@ impl Client {
     }
 }
 
-/// Why `metric` can never name a metric in a put (`for_put`) or a get, if it cannot: it is
-/// empty, holds whitespace, or is `*` in a put. The one definition the library and the CLI share.
-pub fn metric_problem(metric: &str, for_put: bool) -> Option<String> {
-    if metric.is_empty() {
-        Some("metric name is empty".into())
-    } else if metric.chars().any(char::is_whitespace) {
-        Some(format!("metric name {metric:?} contains whitespace"))
-    } else if for_put && metric == "*" {
-        Some("metric name '*' is reserved for get".into())
-    } else {
-        None
-    }
-}
-
-/// The current time in whole seconds since the Unix epoch.
-pub fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -380,16 +362,6 @@ mod tests {
         for text in cases {
             assert!(text.starts_with(|c: char| c.is_lowercase()), "{text}");
         }
-    }
-
-    #[test]
-    fn invalid_metrics_are_refused_before_sending() {
-        assert!(metric_problem("", false).is_some());
-        assert!(metric_problem("a b", false).is_some());
-        assert!(metric_problem("a\tb", false).is_some());
-        assert!(metric_problem("palm.cpu", true).is_none());
-        assert!(metric_problem("*", false).is_none());
-        assert!(metric_problem("*", true).is_some());
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub mod bench;
 pub mod bulk;
 pub mod cli;
 pub mod client;
+pub mod defaults;
 pub mod journal;
 pub mod log;
 pub mod protocol;

@@ -7,7 +7,8 @@
 //! request   = "put" sp metric sp value sp timestamp
 //!           | "get" sp ( metric | "*" )
 //! sp        = ( " " | "\t" )+                    ; ws also covers "\r", so CRLF is accepted
-//! metric    = one or more bytes other than space, tab and "\n"; not "*"; UTF-8
+//! metric    = one or more UTF-8 characters, none whitespace or control (see `check_metric`);
+//!             not "*" in a put
 //! value     = what `f64::from_str` reads (`0.5`, `10`, `1e3`, `-2.25`, `.5`), finite
 //! timestamp = whole seconds, an i64 with optional sign
 //!
@@ -77,8 +78,8 @@ pub enum RequestError {
     UnknownCommand,
     /// `put` without exactly three arguments, or `get` without exactly one.
     WrongArgumentCount,
-    /// `put *`: the name `*` stands for every metric.
-    ReservedMetric,
+    /// The metric name breaks the name rule of [`check_metric`].
+    BadMetric(NameError),
     /// The value is not a number.
     BadValue,
     /// The value is NaN or infinite.
@@ -93,7 +94,7 @@ impl fmt::Display for RequestError {
             RequestError::NotUtf8 => "request is not valid utf-8",
             RequestError::UnknownCommand => "unknown command",
             RequestError::WrongArgumentCount => "wrong number of arguments",
-            RequestError::ReservedMetric => "metric name '*' is reserved",
+            RequestError::BadMetric(e) => return e.fmt(f),
             RequestError::BadValue => "value is not a number",
             RequestError::NonFiniteValue => "value is not finite",
             RequestError::BadTimestamp => "timestamp is not a whole number of seconds",
@@ -198,6 +199,130 @@ pub fn parse_timestamp(text: &str) -> Result<i64, RequestError> {
     text.parse().map_err(|_| RequestError::BadTimestamp)
 }
 
+/// Why a text cannot name a metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameError {
+    /// The name is empty.
+    Empty,
+    /// `*` in a put: in a get it stands for every metric.
+    Reserved,
+    /// The name holds this whitespace or control character.
+    Forbidden(char),
+}
+
+impl fmt::Display for NameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            NameError::Empty => f.write_str("metric name is empty"),
+            NameError::Reserved => f.write_str("metric name '*' is reserved"),
+            NameError::Forbidden(c) if c.is_whitespace() => {
+                write!(f, "metric name contains whitespace ({c:?})")
+            }
+            NameError::Forbidden(c) => {
+                write!(f, "metric name contains a control character ({c:?})")
+            }
+        }
+    }
+}
+
+impl std::error::Error for NameError {}
+
+/// The one rule for a metric name, applied by the server, the client library, the CLI,
+/// `metrics put -` and data file replay. A name is one or more characters, none of them
+/// whitespace (Unicode's `White_Space`: every separator Python's `str.split()` splits on, so
+/// that every client can split a `get` row into three fields) nor a control character (C0, DEL
+/// and C1: nothing that moves a terminal's cursor or starts an escape sequence). `*` names
+/// every metric in a get and is refused in a put (`for_put`).
+///
+/// # Errors
+/// A [`NameError`] naming the first offending character.
+pub fn check_metric(name: &str, for_put: bool) -> Result<(), NameError> {
+    // Nearly every name is printable ASCII: one pass over the bytes decides it.
+    if name.bytes().all(|b| (b'!'..=b'~').contains(&b)) {
+        return match name {
+            "" => Err(NameError::Empty),
+            "*" if for_put => Err(NameError::Reserved),
+            _ => Ok(()),
+        };
+    }
+    match name.chars().find(|c| c.is_whitespace() || c.is_control()) {
+        Some(c) => Err(NameError::Forbidden(c)),
+        None => Ok(()),
+    }
+}
+
+/// One `metric value [timestamp]` line: the input of `metrics put -` and of data file replay.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PointLine<'a> {
+    /// A name that passed [`check_metric`] for a put.
+    pub metric: &'a str,
+    /// A finite value.
+    pub value: f64,
+    /// The timestamp, when the line has one.
+    pub timestamp: Option<i64>,
+}
+
+/// Why a line is not a `metric value [timestamp]` point.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PointError {
+    /// The line is not valid UTF-8.
+    NotUtf8,
+    /// Not two or three fields; this many.
+    FieldCount(usize),
+    /// The metric name breaks the name rule.
+    Metric(NameError),
+    /// The value is not a finite number; the text, and why.
+    Value(String, RequestError),
+    /// The timestamp is not whole seconds in i64; the text.
+    Timestamp(String),
+}
+
+impl fmt::Display for PointError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PointError::NotUtf8 => f.write_str("not valid utf-8"),
+            PointError::FieldCount(n) => {
+                write!(f, "expected 'metric value [timestamp]', got {n} fields")
+            }
+            PointError::Metric(e) => e.fmt(f),
+            PointError::Value(text, e) => write!(f, "{e}: '{text}'"),
+            PointError::Timestamp(text) => {
+                write!(f, "{}: '{text}'", RequestError::BadTimestamp)
+            }
+        }
+    }
+}
+
+impl std::error::Error for PointError {}
+
+/// Reads one point line, without its `\n`; surrounding whitespace (a `\r` too) is ignored and a
+/// blank line is `Ok(None)`. The one parser `metrics put -` and data file replay share.
+///
+/// # Errors
+/// A [`PointError`] saying what is wrong with the line.
+pub fn parse_point_line(line: &[u8]) -> Result<Option<PointLine<'_>>, PointError> {
+    let text = std::str::from_utf8(line.trim_ascii()).map_err(|_| PointError::NotUtf8)?;
+    let mut fields = tokens(text);
+    let (metric, value, timestamp) = match (fields.next(), fields.next(), fields.next()) {
+        (None, ..) => return Ok(None),
+        (Some(metric), Some(value), timestamp) if fields.next().is_none() => {
+            (metric, value, timestamp)
+        }
+        _ => return Err(PointError::FieldCount(tokens(text).count())),
+    };
+    check_metric(metric, true).map_err(PointError::Metric)?;
+    let value = parse_value(value).map_err(|e| PointError::Value(value.into(), e))?;
+    let timestamp = match timestamp {
+        Some(text) => Some(parse_timestamp(text).map_err(|_| PointError::Timestamp(text.into()))?),
+        None => None,
+    };
+    Ok(Some(PointLine {
+        metric,
+        value,
+        timestamp,
+    }))
+}
+
 impl<'a> Request<'a> {
     /// Parses one line, without its `\n`. A blank line is `Ok(None)`.
     ///
@@ -216,9 +341,7 @@ impl<'a> Request<'a> {
                 else {
                     return Err(RequestError::WrongArgumentCount);
                 };
-                if metric == "*" {
-                    return Err(RequestError::ReservedMetric);
-                }
+                check_metric(metric, true).map_err(RequestError::BadMetric)?;
                 Request::Put {
                     metric,
                     value: parse_value(value)?,
@@ -229,6 +352,7 @@ impl<'a> Request<'a> {
                 let (Some(selector), None) = (args.next(), args.next()) else {
                     return Err(RequestError::WrongArgumentCount);
                 };
+                check_metric(selector, false).map_err(RequestError::BadMetric)?;
                 Request::Get(Selector::parse(selector))
             }
             _ => return Err(RequestError::UnknownCommand),
@@ -781,7 +905,9 @@ mod tests {
             (b"put m 1 2 3", WrongArgumentCount),
             (b"get", WrongArgumentCount),
             (b"get a b", WrongArgumentCount),
-            (b"put * 1 2", ReservedMetric),
+            (b"put * 1 2", BadMetric(NameError::Reserved)),
+            (b"put a\x0bb 1 2", BadMetric(NameError::Forbidden('\u{b}'))),
+            (b"get a\rb", BadMetric(NameError::Forbidden('\r'))),
             (b"put m x 2", BadValue),
             (b"put m nan 2", NonFiniteValue),
             (b"put m inf 2", NonFiniteValue),

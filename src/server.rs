@@ -8,7 +8,6 @@
 //! Everything a client controls is bounded: line length, connection count, idle time, time spent
 //! blocked writing to a client that does not read, and log lines per connection.
 
-use crate::client;
 use crate::journal::{CompactReport, Fsync, Journal, JournalError};
 use crate::protocol::{self, Request, RequestError, Selector};
 use crate::store::{Snapshot, Store};
@@ -114,7 +113,7 @@ impl Shared {
         match self.config.retention {
             Some(window) => {
                 let window = i64::try_from(window.as_secs()).unwrap_or(i64::MAX);
-                client::now().saturating_sub(window)
+                crate::defaults::now().saturating_sub(window)
             }
             None => i64::MIN,
         }

@@ -34,7 +34,7 @@ fn put_dash_stores_every_line_and_prints_nothing() {
 #[test]
 fn lines_without_a_timestamp_are_stored_now() {
     let server = TestServer::start();
-    let before = metrics::client::now();
+    let before = metrics::defaults::now();
     metrics(&server)
         .args(["put", "-"])
         .write_stdin("now.metric 1\n")
@@ -43,7 +43,7 @@ fn lines_without_a_timestamp_are_stored_now() {
     let dump = server.dump();
     let timestamp: i64 = dump.trim().rsplit(' ').next().unwrap().parse().unwrap();
     assert!(
-        (before..=metrics::client::now()).contains(&timestamp),
+        (before..=metrics::defaults::now()).contains(&timestamp),
         "{dump}"
     );
 }

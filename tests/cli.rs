@@ -52,7 +52,7 @@ fn put_then_get_prints_wire_lines() {
 #[test]
 fn put_without_timestamp_uses_now() {
     let server = TestServer::start();
-    let before = metrics::client::now();
+    let before = metrics::defaults::now();
     run(&server, &["put", "now", "1"]).success();
     let out = run(&server, &["get", "now"])
         .success()
@@ -62,7 +62,7 @@ fn put_without_timestamp_uses_now() {
     let line = String::from_utf8(out).unwrap();
     let timestamp: i64 = line.trim().rsplit(' ').next().unwrap().parse().unwrap();
     assert!(
-        timestamp >= before && timestamp <= metrics::client::now(),
+        timestamp >= before && timestamp <= metrics::defaults::now(),
         "{line}"
     );
 }

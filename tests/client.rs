@@ -28,9 +28,9 @@ fn put_then_get_round_trips_through_the_server() {
 fn put_without_timestamp_uses_now() {
     let server = TestServer::start();
     let mut client = server.client();
-    let before = metrics::client::now();
+    let before = metrics::defaults::now();
     client.put("now", 1.0, None).unwrap();
-    let after = metrics::client::now();
+    let after = metrics::defaults::now();
     let (timestamp, _) = client.get("now").unwrap()["now"][0];
     assert!((before..=after).contains(&timestamp));
 }

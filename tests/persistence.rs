@@ -204,7 +204,7 @@ fn online_compaction_keeps_exactly_the_live_data() {
 fn retention_hides_then_frees_old_points_and_compaction_drops_them() {
     let dir = TempDir::new("retention");
     let data = dir.file("data.txt");
-    let now = metrics::client::now();
+    let now = metrics::defaults::now();
     let mut server = with_data(&data, &["--retention", "30s"]);
     let mut s = server.connect();
     let mut batch = Vec::new();
