@@ -4,9 +4,9 @@
 //! The file is plain text, one point per line, `metric value timestamp\n`: the lines
 //! `metrics get` prints, so it can be read, grepped and fed to `metrics put -`.
 //!
-//! Ordering: connection threads format their puts' lines while they hold the store lock and
-//! [`Journal::append`] them to the pending buffer before releasing it, so the file's order is
-//! the store's order. [`Journal::commit`] then writes (and for `--fsync always`, syncs) the
+//! Ordering: the one rule that makes replay rebuild the same store. A batch's lines are
+//! appended to the pending buffer (through an [`Appender`]) while the store lock that applied
+//! them is held, so the file's order is the store's order; `Db::apply` keeps it. [`Journal::commit`] then writes (and for `--fsync always`, syncs) the
 //! pending bytes under the writer lock, outside the store lock; whoever gets the writer lock
 //! first writes everyone's pending lines at once (group commit). A put is acknowledged only
 //! after its line is written.
@@ -15,7 +15,7 @@
 //! bytes from `base` on at offset `seq - base`; compaction writes a snapshot plus the lines
 //! appended after it to a new file and moves `base` accordingly.
 
-use crate::protocol;
+use crate::protocol::{self, NameError, PointError, PointLine};
 use crate::store::{Snapshot, Store};
 use std::fmt;
 use std::fs::{self, File, OpenOptions, TryLockError};
@@ -105,6 +105,20 @@ impl std::error::Error for JournalError {
     }
 }
 
+/// Why the data file could not be written. Puts are refused with its text until a write
+/// succeeds; it is cheap to clone into every refused reply.
+#[derive(Debug, Clone)]
+pub struct WriteError(Arc<io::Error>);
+
+impl fmt::Display for WriteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cannot write data file: {}", self.0)
+    }
+}
+
+// The OS error is part of the text sent to clients, so it is not also a `source()`.
+impl std::error::Error for WriteError {}
+
 /// What start-up found in the file.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LoadReport {
@@ -114,6 +128,11 @@ pub struct LoadReport {
     pub expired: u64,
     /// Bytes of a torn last line (no `\n`) cut from the end of the file.
     pub torn_bytes: u64,
+    /// Points whose names hold whitespace or control characters, which the name rule now
+    /// refuses: not loaded.
+    pub invalid_names: u64,
+    /// The first of those lines, described for the log.
+    pub first_invalid: Option<String>,
 }
 
 /// What a compaction did.
@@ -164,7 +183,7 @@ pub struct Journal {
     /// holds the file's advisory lock. Replaced along with the file by compaction.
     sync_handle: Mutex<File>,
     failing: AtomicBool,
-    failure: Mutex<Option<Arc<str>>>,
+    failure: Mutex<Option<WriteError>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -245,7 +264,7 @@ impl Journal {
     }
 
     /// The message puts are refused with while the file cannot be written, if it cannot.
-    pub fn failure(&self) -> Option<Arc<str>> {
+    pub fn failure(&self) -> Option<WriteError> {
         if self.failing.load(Ordering::Acquire) {
             lock(&self.failure).clone()
         } else {
@@ -253,21 +272,32 @@ impl Journal {
         }
     }
 
-    fn fail(&self, message: String) -> Arc<str> {
-        let message: Arc<str> = Arc::from(message);
-        *lock(&self.failure) = Some(Arc::clone(&message));
+    fn fail(&self, e: io::Error) -> WriteError {
+        let error = WriteError(Arc::new(e));
+        *lock(&self.failure) = Some(error.clone());
         self.failing.store(true, Ordering::Release);
-        message
+        error
     }
 
-    /// Appends `count` point lines. Call it while holding the store lock that applied them.
-    /// Returns the sequence number to [`commit`](Journal::commit) them up to.
-    pub fn append(&self, lines: &[u8], count: u64) -> u64 {
-        let mut pending = lock(&self.pending);
-        pending.buf.extend_from_slice(lines);
-        pending.seq += lines.len() as u64;
-        pending.lines += count;
-        pending.seq
+    /// Starts appending point lines to the pending buffer. Hold the store lock that applies
+    /// the same points until the [`Appender`] is finished: that keeps the file in the store's
+    /// order.
+    pub fn appender(&self) -> Appender<'_> {
+        Appender {
+            pending: lock(&self.pending),
+            added: 0,
+        }
+    }
+
+    /// Appends `count` ready-made point lines; returns the sequence number to
+    /// [`commit`](Journal::commit) them up to.
+    #[cfg(test)]
+    fn append(&self, lines: &[u8], count: u64) -> u64 {
+        let mut appender = self.appender();
+        appender.pending.buf.extend_from_slice(lines);
+        appender.added = lines.len() as u64;
+        appender.pending.lines += count;
+        appender.finish()
     }
 
     /// Where the journal stands. Call it while holding the store lock to pair it with a
@@ -290,7 +320,7 @@ impl Journal {
     /// # Errors
     /// The reason, when the file cannot be written: the bytes stay pending for a later retry,
     /// and the journal refuses puts until a write succeeds.
-    pub fn commit(&self, seq: u64) -> Result<(), Arc<str>> {
+    pub fn commit(&self, seq: u64) -> Result<(), WriteError> {
         let mut writer = lock(&self.writer);
         if writer.written < seq {
             self.write_pending(&mut writer)?;
@@ -302,12 +332,12 @@ impl Journal {
     ///
     /// # Errors
     /// As [`commit`](Journal::commit).
-    pub fn flush(&self) -> Result<(), Arc<str>> {
+    pub fn flush(&self) -> Result<(), WriteError> {
         let mut writer = lock(&self.writer);
         self.write_pending(&mut writer)
     }
 
-    fn write_pending(&self, writer: &mut Writer) -> Result<(), Arc<str>> {
+    fn write_pending(&self, writer: &mut Writer) -> Result<(), WriteError> {
         let (mut buf, end) = {
             let mut pending = lock(&self.pending);
             let spare = std::mem::take(&mut writer.spare);
@@ -324,7 +354,7 @@ impl Journal {
             let mut pending = lock(&self.pending);
             buf.extend_from_slice(&pending.buf);
             pending.buf = buf;
-            return Err(self.fail(format!("cannot write data file: {e}")));
+            return Err(self.fail(e));
         }
         writer.written = end;
         writer.len += buf.len() as u64;
@@ -406,10 +436,10 @@ impl Journal {
         // snapshot, and switch.
         let mut writer = lock(&self.writer);
         self.write_pending(&mut writer)
-            .map_err(|message| JournalError::Io {
+            .map_err(|e| JournalError::Io {
                 path: self.path.clone(),
                 action: "write",
-                source: io::Error::other(message.to_string()),
+                source: io::Error::new(e.0.kind(), e.0.to_string()),
             })?;
         let tail_start = (at.seq as i64 - writer.base) as u64;
         let mut old = File::open(&self.path).map_err(io_error("reopen"))?;
@@ -439,6 +469,28 @@ impl Journal {
             lines_after,
             millis: started.elapsed().as_millis(),
         })
+    }
+}
+
+/// Point lines being appended under the store lock; see [`Journal::appender`].
+pub struct Appender<'a> {
+    pending: MutexGuard<'a, Pending>,
+    added: u64,
+}
+
+impl Appender<'_> {
+    /// Appends one point's line.
+    pub fn push(&mut self, metric: &str, value: f64, timestamp: i64) {
+        let before = self.pending.buf.len();
+        protocol::write_point(&mut self.pending.buf, metric, value, timestamp);
+        self.added += (self.pending.buf.len() - before) as u64;
+        self.pending.lines += 1;
+    }
+
+    /// Ends the batch; returns the sequence number to [`commit`](Journal::commit) it up to.
+    pub fn finish(mut self) -> u64 {
+        self.pending.seq += self.added;
+        self.pending.seq
     }
 }
 
@@ -487,30 +539,48 @@ fn replay(file: &File, path: &Path, since: i64) -> Result<(Store, LoadReport, u6
             break;
         }
         report.lines += 1;
-        let (metric, value, timestamp) = protocol::parse_point(&line[..line.len() - 1])
-            .filter(|(metric, _, _)| *metric != "*")
-            .ok_or_else(|| JournalError::Corrupt {
-                path: path.to_path_buf(),
-                line: report.lines,
-                problem: describe_bad_line(&line),
-            })?;
+        good_len += read as u64;
+        let (metric, value, timestamp) = match protocol::parse_point_line(&line) {
+            Ok(Some(PointLine {
+                metric,
+                value,
+                timestamp: Some(timestamp),
+            })) => (metric, value, timestamp),
+            Err(PointError::Metric(NameError::Forbidden(_))) => {
+                // Written before the name rule was tightened: skipped, and left in the file
+                // until the next compaction.
+                report.invalid_names += 1;
+                if report.first_invalid.is_none() {
+                    report.first_invalid = Some(shown(&line));
+                }
+                continue;
+            }
+            _ => {
+                return Err(JournalError::Corrupt {
+                    path: path.to_path_buf(),
+                    line: report.lines,
+                    problem: describe_bad_line(&line),
+                })
+            }
+        };
         if timestamp < since {
             report.expired += 1;
         } else {
             store.put(metric, value, timestamp);
         }
-        good_len += read as u64;
     }
     Ok((store, report, good_len))
 }
 
 fn describe_bad_line(line: &[u8]) -> String {
+    format!("not a 'metric value timestamp' line: {}", shown(line))
+}
+
+/// The start of a line, quoted with its control characters escaped.
+fn shown(line: &[u8]) -> String {
     const SHOWN: usize = 80;
     let text = String::from_utf8_lossy(&line[..line.len().min(SHOWN)]);
-    format!(
-        "not a 'metric value timestamp' line: {:?}",
-        text.trim_end_matches('\n')
-    )
+    format!("{:?}", text.trim_end_matches('\n'))
 }
 
 #[cfg(test)]

@@ -14,28 +14,40 @@
 //! # Ok::<(), ClientError>(())
 //! ```
 //!
+//! A program can embed the server too: [`Server::bind`] with a [`Config`], then
+//! [`Server::run`].
+//!
 //! # Layout
-//! - [`protocol`]: pure parsing and encoding of requests and replies, and Python float text.
-//! - [`store`]: the in-memory data, in compact chunks; no locks, no I/O.
-//! - [`journal`]: the optional data file: append, replay, compaction.
-//! - [`server`]: the listener, one thread per connection, the shared lock, every limit.
+//! In the order a reader should meet them:
+//! - [`protocol`]: pure parsing and encoding of requests, replies and point lines, Python float
+//!   text, and the one rule for a metric name. No I/O.
+//! - `store`: the in-memory data, in compact chunks; no locks, no I/O.
+//! - `journal`: the optional data file: append, replay, compaction.
+//! - `db`: the shared state: the store's lock, the journal and its ordering rule, retention and
+//!   the maintenance step, behind a narrow API.
+//! - `connection`: one client's I/O: input buffer, batching, replies.
+//! - [`server`]: the listener, admission, threads.
 //! - [`client`]: [`Client`] and [`ClientError`], used by programs and by the CLI.
-//! - [`bulk`]: `metrics put -`, pipelined loading of point lines.
-//! - [`bench`]: `metrics bench`, the load generator.
-//! - [`cli`]: the `metrics` command line and its exit codes.
-//! - [`log`]: stderr log lines and the rate limiter that bounds them.
+//! - [`defaults`]: the clock, the default address and timeout, shared by client and server.
+//! - `cli`, `bulk` (`metrics put -`), `bench` (`metrics bench`): the command line.
+//! - `log`: stderr lines, written by a thread of their own, and the rate limiter.
+#![warn(missing_docs)]
 
-pub mod bench;
-pub mod bulk;
-pub mod cli;
 pub mod client;
 pub mod defaults;
-pub mod journal;
-pub mod log;
 pub mod protocol;
 pub mod server;
-pub mod store;
 
+pub(crate) mod bench;
+pub(crate) mod bulk;
+mod cli;
+mod connection;
+mod db;
+mod journal;
+mod log;
+mod store;
+
+pub use cli::run;
 pub use client::{Client, ClientError, Points};
-pub use server::{Config, Server};
-pub use store::Store;
+pub use journal::Fsync;
+pub use server::{Config, Server, ServerError};

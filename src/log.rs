@@ -1,9 +1,65 @@
 //! Diagnostics on stderr, one line per event: `2026-11-25T18:25:47Z warn 127.0.0.1:5000 ...`.
 //! Also the rate limiter that keeps one client from filling a disk with log lines.
+//!
+//! Nobody waits on stderr: lines go through a bounded queue to a thread of their own that
+//! writes them. When stderr is a pipe nobody reads, that thread blocks, the queue fills, and
+//! further lines are dropped and counted (the count is logged once stderr moves again) — the
+//! server goes on serving.
 
 use std::fmt;
 use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::OnceLock;
+use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Lines that may wait for stderr; past this they are dropped and counted.
+pub const QUEUE_LINES: usize = 4096;
+
+enum Message {
+    Line(String),
+    Flushed(SyncSender<()>),
+}
+
+static QUEUE: OnceLock<Option<SyncSender<Message>>> = OnceLock::new();
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// The queue to the writer thread, started on first use; `None` if it could not start.
+fn queue() -> Option<&'static SyncSender<Message>> {
+    QUEUE
+        .get_or_init(|| {
+            let (sender, receiver) = mpsc::sync_channel(QUEUE_LINES);
+            thread::Builder::new()
+                .name("log".into())
+                .spawn(move || write_out(receiver))
+                .ok()
+                .map(|_| sender)
+        })
+        .as_ref()
+}
+
+fn write_out(receiver: Receiver<Message>) {
+    for message in receiver {
+        match message {
+            Message::Line(line) => {
+                let dropped = DROPPED.swap(0, Ordering::Relaxed);
+                let mut stderr = std::io::stderr().lock();
+                if dropped > 0 {
+                    let note = format!(
+                        "{} warn {dropped} log lines dropped: stderr was not being read\n",
+                        utc_now()
+                    );
+                    let _ = stderr.write_all(note.as_bytes());
+                }
+                let _ = stderr.write_all(line.as_bytes());
+            }
+            Message::Flushed(done) => {
+                let _ = done.send(());
+            }
+        }
+    }
+}
 
 /// How serious a log line is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,25 +79,71 @@ impl fmt::Display for Level {
     }
 }
 
-/// Writes one line to stderr. A failed write is ignored: logging must never stop the server.
+/// Queues one line for stderr, never waiting: a full queue drops it (and counts it). A failed
+/// write is ignored too: logging must never stop the server.
 pub fn write(level: Level, args: fmt::Arguments<'_>) {
     let line = format!("{} {level} {args}\n", utc_now());
-    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    match queue() {
+        Some(queue) => {
+            if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
+                queue.try_send(Message::Line(line))
+            {
+                DROPPED.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        // No thread to write for us: write here rather than lose the line.
+        None => {
+            let _ = std::io::stderr().lock().write_all(line.as_bytes());
+        }
+    }
+}
+
+/// Waits (up to a second) until the lines queued so far are written: before the process exits.
+pub fn flush() {
+    let Some(queue) = QUEUE.get().and_then(Option::as_ref) else {
+        return;
+    };
+    let (done, written) = mpsc::sync_channel(1);
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let mut message = Message::Flushed(done);
+    loop {
+        match queue.try_send(message) {
+            Ok(()) => break,
+            Err(TrySendError::Full(back)) if Instant::now() < deadline => {
+                message = back;
+                thread::sleep(Duration::from_millis(5));
+            }
+            Err(_) => return,
+        }
+    }
+    let _ = written.recv_timeout(deadline.saturating_duration_since(Instant::now()));
+}
+
+/// ` (N similar lines suppressed)` after a line that a [`RateLimit`] let through, or nothing.
+pub fn suppressed_note(suppressed: u64) -> String {
+    if suppressed == 0 {
+        String::new()
+    } else {
+        format!(" ({suppressed} similar lines suppressed)")
+    }
 }
 
 /// Logs at info level, `format!`-style.
+#[doc(hidden)]
 #[macro_export]
 macro_rules! info {
     ($($arg:tt)*) => { $crate::log::write($crate::log::Level::Info, format_args!($($arg)*)) };
 }
 
 /// Logs at warn level, `format!`-style.
+#[doc(hidden)]
 #[macro_export]
 macro_rules! warn {
     ($($arg:tt)*) => { $crate::log::write($crate::log::Level::Warn, format_args!($($arg)*)) };
 }
 
 /// Logs at error level, `format!`-style.
+#[doc(hidden)]
 #[macro_export]
 macro_rules! error {
     ($($arg:tt)*) => { $crate::log::write($crate::log::Level::Error, format_args!($($arg)*)) };

@@ -3,5 +3,5 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    metrics::cli::run(std::env::args_os())
+    metrics::run(std::env::args_os())
 }

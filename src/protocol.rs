@@ -61,8 +61,11 @@ impl<'a> Selector<'a> {
 pub enum Request<'a> {
     /// Store `value` for `metric` at `timestamp`, replacing a value already there.
     Put {
+        /// The metric's name.
         metric: &'a str,
+        /// A finite value.
         value: f64,
+        /// Whole seconds since the Unix epoch.
         timestamp: i64,
     },
     /// Return the points of the selected metrics.
@@ -592,7 +595,10 @@ impl fmt::Write for StackText {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reply {
     /// `ok`, with the number of point lines handed to the parser's callback.
-    Ok { points: usize },
+    Ok {
+        /// How many point lines it carried.
+        points: usize,
+    },
     /// `error`, with the server's message.
     Error(String),
 }

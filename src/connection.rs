@@ -1,0 +1,383 @@
+//! One client's I/O: the input buffer, parsing its lines, handing each batch to the [`Db`],
+//! and writing the replies, batched into as few writes as possible (after mini-redis'
+//! `connection.rs`). No lock is held here: parsing happens before [`Db::apply`] takes the store
+//! lock, and log lines and socket writes after it has released it.
+
+use crate::db::{Db, Parsed, Reply};
+use crate::log::{suppressed_note, RateLimit};
+use crate::protocol::{self, Request, RequestError};
+use crate::warn;
+use std::collections::TryReserveError;
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+/// What a connection may hold or wait for; from the server's configuration.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub max_line_bytes: usize,
+    pub idle_timeout: Option<Duration>,
+    pub write_timeout: Duration,
+}
+
+/// The reply to a line over the limit, sent before closing.
+pub(crate) const LINE_TOO_LONG: &str = "line too long";
+/// Bytes asked of the socket per read: a connection starts small and grows to the most when
+/// its reads keep filling the buffer (pipelining), since fewer, larger reads cost less.
+const READ_BYTES: usize = 16 * 1024;
+const READ_BYTES_MOST: usize = 256 * 1024;
+/// Reply bytes gathered before a write while streaming a large `get`.
+const FLUSH_BYTES: usize = 64 * 1024;
+/// How long, and how many bytes, a connection closed for a bad line is drained before closing.
+const LINGER_TIME: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 1 << 20;
+/// Error lines logged per connection per second; the rest are counted.
+pub(crate) const LOG_LINES_PER_SECOND: u32 = 5;
+
+/// How a connection ended, for the log.
+#[derive(Debug)]
+pub(crate) enum End {
+    ClientClosed,
+    Idle,
+    LineTooLong,
+    Http,
+    ReadFailed(io::Error),
+    WriteFailed(io::Error),
+    NoMemory(TryReserveError),
+}
+
+impl fmt::Display for End {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            End::ClientClosed => f.write_str("closed by client"),
+            End::Idle => f.write_str("idle timeout"),
+            End::LineTooLong => f.write_str("line too long"),
+            End::Http => f.write_str("http request on the metrics port"),
+            End::ReadFailed(e) => write!(f, "read failed: {e}"),
+            End::WriteFailed(e) => write!(f, "write failed: {e}"),
+            End::NoMemory(e) => write!(f, "cannot allocate a read buffer: {e}"),
+        }
+    }
+}
+
+/// Bytes read but not yet answered: `buf[start..end]`. The buffer grows while reads keep
+/// filling it, up to [`READ_BYTES_MOST`], or while a single line is longer than it, and never
+/// past the line limit plus one read.
+struct Input {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// Bytes to ask for in the next read.
+    want: usize,
+}
+
+impl Input {
+    fn pending(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    /// Makes room for one more read. Allocation failure is an error, not an abort: under memory
+    /// pressure one connection closes and the server lives on.
+    fn reserve(&mut self, most: usize) -> Result<(), TryReserveError> {
+        if self.start == self.end {
+            (self.start, self.end) = (0, 0);
+            // A connection that stopped streaming gives its large buffer back.
+            if self.buf.len() > 2 * self.want.max(READ_BYTES) {
+                self.buf.truncate(self.want);
+                self.buf.shrink_to_fit();
+            }
+        }
+        if self.buf.len() - self.end >= self.want / 2 {
+            return Ok(());
+        }
+        self.buf.copy_within(self.start..self.end, 0);
+        (self.start, self.end) = (0, self.end - self.start);
+        if self.buf.len() - self.end < self.want / 2 {
+            let grown = (self.buf.len() * 2).min(most).max(self.end + self.want);
+            self.buf.try_reserve_exact(grown - self.buf.len())?;
+            self.buf.resize(grown, 0);
+        }
+        Ok(())
+    }
+
+    /// Records a read of `n` bytes into `free` bytes of room: a full read asks for more next
+    /// time, a small one for less.
+    fn record_read(&mut self, n: usize, free: usize) {
+        self.end += n;
+        if n == free {
+            self.want = (self.want * 2).min(READ_BYTES_MOST);
+        } else if n < self.want / 8 {
+            self.want = (self.want / 2).max(READ_BYTES);
+        }
+    }
+}
+
+/// One client's connection, served on its own thread.
+pub(crate) struct Connection<'a> {
+    stream: TcpStream,
+    peer: SocketAddr,
+    db: &'a Db,
+    limits: Limits,
+    input: Input,
+    /// The parsed lines of one batch; empty between batches, kept for its allocation.
+    requests: Vec<Parsed<'static>>,
+    replies: Vec<Reply>,
+    output: Vec<u8>,
+    log_limit: RateLimit,
+}
+
+impl<'a> Connection<'a> {
+    pub fn new(stream: TcpStream, peer: SocketAddr, db: &'a Db, limits: Limits) -> Self {
+        Connection {
+            stream,
+            peer,
+            db,
+            limits,
+            input: Input {
+                buf: Vec::new(),
+                start: 0,
+                end: 0,
+                want: READ_BYTES,
+            },
+            requests: Vec::new(),
+            replies: Vec::new(),
+            output: Vec::new(),
+            log_limit: RateLimit::new(LOG_LINES_PER_SECOND),
+        }
+    }
+
+    /// Serves until the connection ends; returns why, and how many log lines were suppressed.
+    pub fn run(mut self) -> (End, u64) {
+        let end = self.serve();
+        if matches!(end, End::LineTooLong) {
+            self.linger();
+        }
+        (end, self.log_limit.suppressed())
+    }
+
+    /// After a final error reply, reads and drops what the client is still sending, for a
+    /// bounded time and amount, so that closing does not reset the connection before the
+    /// client has read the reply.
+    fn linger(&mut self) {
+        let _ = self.stream.shutdown(Shutdown::Write);
+        let _ = self.stream.set_read_timeout(Some(LINGER_TIME));
+        let started = Instant::now();
+        let mut drained = 0;
+        while drained < LINGER_BYTES && started.elapsed() < LINGER_TIME {
+            match self.stream.read(&mut self.input.buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            }
+        }
+    }
+
+    fn serve(&mut self) -> End {
+        let configured = self
+            .stream
+            .set_read_timeout(self.limits.idle_timeout)
+            .and_then(|()| {
+                self.stream
+                    .set_write_timeout(Some(self.limits.write_timeout))
+            })
+            .and_then(|()| self.stream.set_nodelay(true));
+        if let Err(e) = configured {
+            return End::ReadFailed(e);
+        }
+        let max_line = self.limits.max_line_bytes;
+        loop {
+            if let Err(e) = self.input.reserve(max_line + READ_BYTES_MOST + 1) {
+                return End::NoMemory(e);
+            }
+            let free = self.input.buf.len() - self.input.end;
+            let read = self.stream.read(&mut self.input.buf[self.input.end..]);
+            match read {
+                Ok(0) => return End::ClientClosed,
+                Ok(n) => self.input.record_read(n, free),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return End::Idle
+                }
+                Err(e) => return End::ReadFailed(e),
+            }
+            let mut end = self.answer_lines();
+            if end.is_none() && self.input.pending().len() > max_line {
+                end = Some(End::LineTooLong);
+            }
+            if matches!(end, Some(End::LineTooLong)) {
+                self.replies.push(Reply::Error(LINE_TOO_LONG));
+            }
+            if let Err(e) = self.send_replies() {
+                return End::WriteFailed(e);
+            }
+            if let Some(end) = end {
+                return end;
+            }
+        }
+    }
+
+    /// Parses every complete line in the input, then has the [`Db`] apply them as one batch,
+    /// queueing the replies. Returns how the connection must end, if a line ends it.
+    fn answer_lines(&mut self) -> Option<End> {
+        let max_line = self.limits.max_line_bytes;
+        let mut requests = recycle(std::mem::take(&mut self.requests));
+        let mut end = None;
+        while let Some(len) = protocol::find_newline(self.input.pending()) {
+            let line = &self.input.buf[self.input.start..self.input.start + len];
+            if len > max_line {
+                end = Some(End::LineTooLong);
+                break;
+            }
+            match Request::parse(line) {
+                Ok(None) => {}
+                Ok(Some(request)) => requests.push(Ok(request)),
+                Err(_) if is_http(line) => {
+                    // A browser or proxy talking to the wrong port: nothing it sent is applied.
+                    warn!("{} sent an http request; closing", self.peer);
+                    end = Some(End::Http);
+                    break;
+                }
+                Err(e) => {
+                    log_bad_request(&mut self.log_limit, self.peer, e, line);
+                    requests.push(Err(e));
+                }
+            }
+            self.input.start += len + 1;
+        }
+        if !requests.is_empty() {
+            if let Some(failure) = self.db.apply(&requests, &mut self.replies) {
+                if let Some(suppressed) = self.log_limit.allow(Instant::now()) {
+                    warn!(
+                        "{} puts refused: {failure}{}",
+                        self.peer,
+                        suppressed_note(suppressed)
+                    );
+                }
+            }
+        }
+        self.requests = recycle(requests);
+        end
+    }
+
+    /// Formats the queued replies and writes them, in one write unless a large `get` streams.
+    fn send_replies(&mut self) -> io::Result<()> {
+        for reply in self.replies.drain(..) {
+            match reply {
+                Reply::Ok(run) => {
+                    for _ in 0..run {
+                        self.output.extend_from_slice(protocol::OK);
+                    }
+                }
+                Reply::Error(message) => protocol::write_error(&mut self.output, message),
+                Reply::Failed(failure, run) => {
+                    let message = failure.to_string();
+                    for _ in 0..run {
+                        protocol::write_error(&mut self.output, &message);
+                    }
+                }
+                Reply::Points(mut snapshot) => {
+                    self.output.extend_from_slice(b"ok\n");
+                    for (metric, value, timestamp) in snapshot.iter() {
+                        protocol::write_point(&mut self.output, metric, value, timestamp);
+                        if self.output.len() >= FLUSH_BYTES {
+                            self.stream.write_all(&self.output)?;
+                            self.output.clear();
+                        }
+                    }
+                    self.output.push(b'\n');
+                }
+            }
+        }
+        if !self.output.is_empty() {
+            self.stream.write_all(&self.output)?;
+            self.output.clear();
+        }
+        Ok(())
+    }
+}
+
+/// Empties a batch's request list and frees it of the lines it borrowed, keeping its
+/// allocation (std collects a `vec::IntoIter` of same-sized items in place).
+fn recycle<'b>(mut requests: Vec<Parsed<'_>>) -> Vec<Parsed<'b>> {
+    requests.clear();
+    requests.into_iter().filter_map(|_| None).collect()
+}
+
+fn log_bad_request(limit: &mut RateLimit, peer: SocketAddr, e: RequestError, line: &[u8]) {
+    if let Some(suppressed) = limit.allow(Instant::now()) {
+        const SHOWN: usize = 60;
+        let shown = String::from_utf8_lossy(&line[..line.len().min(SHOWN)]);
+        warn!(
+            "{peer} bad request ({e}): {shown:?}{}",
+            suppressed_note(suppressed)
+        );
+    }
+}
+
+/// Whether a line is an HTTP/1.x request line (`METHOD target HTTP/1.x`) or a `Host:` header.
+fn is_http(line: &[u8]) -> bool {
+    const METHODS: [&[u8]; 9] = [
+        b"GET", b"POST", b"PUT", b"HEAD", b"OPTIONS", b"DELETE", b"PATCH", b"CONNECT", b"TRACE",
+    ];
+    let line = line.trim_ascii();
+    if line.len() >= 5 && line[..5].eq_ignore_ascii_case(b"host:") {
+        return true;
+    }
+    let mut parts = line.split(|&b| b == b' ').filter(|p| !p.is_empty());
+    let (Some(method), Some(_target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    METHODS.contains(&method)
+        && version.len() == 8
+        && version.starts_with(b"HTTP/1.")
+        && version[7].is_ascii_digit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_request_lines_are_recognised() {
+        for line in [
+            &b"GET / HTTP/1.1"[..],
+            b"POST /metrics HTTP/1.0\r",
+            b"OPTIONS * HTTP/1.1",
+            b"Host: localhost:8888",
+            b"host:x",
+        ] {
+            assert!(is_http(line), "{line:?}");
+        }
+        for line in [
+            &b"get / HTTP/1.1"[..],
+            b"GET /",
+            b"PUT a b c",
+            b"FETCH / HTTP/1.1",
+            b"GET / HTTP/2",
+            b"put host: 1 2",
+        ] {
+            assert!(!is_http(line), "{line:?}");
+        }
+    }
+
+    #[test]
+    fn a_recycled_request_list_keeps_its_allocation() {
+        let line = b"put m 1 2".to_vec();
+        let mut requests: Vec<Parsed<'_>> = Vec::with_capacity(1000);
+        requests.push(Request::parse(&line).map(Option::unwrap));
+        let (at, capacity) = (requests.as_ptr() as usize, requests.capacity());
+        let recycled: Vec<Parsed<'static>> = recycle(requests);
+        assert!(recycled.is_empty());
+        assert_eq!(
+            (recycled.as_ptr() as usize, recycled.capacity()),
+            (at, capacity)
+        );
+    }
+}
