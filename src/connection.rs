@@ -3,7 +3,8 @@
 //! `connection.rs`). No lock is held here: parsing happens before [`Db::apply`] takes the store
 //! lock, and log lines and socket writes after it has released it.
 
-use crate::db::{Db, Parsed, Reply};
+use crate::db::{Applied, Db, Parsed, Reply, MEMORY_LIMIT_REACHED};
+use crate::store::SeriesSnapshot;
 use crate::log::{suppressed_note, RateLimit};
 use crate::protocol::{self, Request, RequestError};
 use crate::warn;
@@ -113,24 +114,140 @@ impl Input {
     }
 }
 
+/// Replies on their way out: the queue decided under the lock, and the bytes being written.
+struct Output {
+    stream: TcpStream,
+    replies: Vec<Reply>,
+    buf: Vec<u8>,
+    write_timeout: Duration,
+    /// Whether the socket's write timeout was shortened for the rest of a write.
+    timeout_shortened: bool,
+}
+
+impl Output {
+    /// Formats the queued replies and writes them, in one write unless they are large.
+    fn send(&mut self, db: &Db) -> io::Result<()> {
+        let mut replies = std::mem::take(&mut self.replies);
+        for reply in replies.drain(..) {
+            match reply {
+                Reply::Ok(run) => {
+                    for _ in 0..run {
+                        self.buf.extend_from_slice(protocol::OK);
+                        self.flush_if_full()?;
+                    }
+                }
+                Reply::Error(message, run) => {
+                    for _ in 0..run {
+                        protocol::write_error(&mut self.buf, message);
+                        self.flush_if_full()?;
+                    }
+                }
+                Reply::Failed(failure, run) => {
+                    let message = failure.to_string();
+                    for _ in 0..run {
+                        protocol::write_error(&mut self.buf, &message);
+                        self.flush_if_full()?;
+                    }
+                }
+                Reply::Series(series) => {
+                    self.buf.extend_from_slice(b"ok\n");
+                    if let Some(series) = series {
+                        self.write_series(&series)?;
+                    }
+                    self.buf.push(b'\n');
+                }
+                Reply::All(mut cursor) => {
+                    self.buf.extend_from_slice(b"ok\n");
+                    // Step by step: the lock is taken once per step, and a client that stops
+                    // reading holds at most one step's blocks alive.
+                    loop {
+                        let step = db.read_step(&mut cursor);
+                        if step.is_empty() {
+                            break;
+                        }
+                        for series in &step {
+                            self.write_series(series)?;
+                        }
+                    }
+                    self.buf.push(b'\n');
+                }
+            }
+        }
+        // A burst's queue goes back to a small one.
+        if replies.capacity() > 64 {
+            replies.shrink_to(16);
+        }
+        self.replies = replies;
+        if !self.buf.is_empty() {
+            self.write_buf()?;
+        }
+        if self.buf.capacity() > 2 * FLUSH_BYTES {
+            self.buf.shrink_to(FLUSH_BYTES);
+        }
+        Ok(())
+    }
+
+    fn write_series(&mut self, series: &SeriesSnapshot) -> io::Result<()> {
+        let name = series.name();
+        for (timestamp, value) in series.points() {
+            protocol::write_point(&mut self.buf, name, value, timestamp);
+            self.flush_if_full()?;
+        }
+        Ok(())
+    }
+
+    fn flush_if_full(&mut self) -> io::Result<()> {
+        if self.buf.len() >= FLUSH_BYTES {
+            self.write_buf()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the buffer out. The write timeout bounds the whole write, not each part of it: a
+    /// client that takes a few bytes now and then still cannot keep the thread past it.
+    fn write_buf(&mut self) -> io::Result<()> {
+        let deadline = Instant::now() + self.write_timeout;
+        if self.timeout_shortened {
+            self.stream.set_write_timeout(Some(self.write_timeout))?;
+            self.timeout_shortened = false;
+        }
+        let mut written = 0;
+        while written < self.buf.len() {
+            if written > 0 {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(io::ErrorKind::TimedOut.into());
+                }
+                self.stream.set_write_timeout(Some(left))?;
+                self.timeout_shortened = true;
+            }
+            match self.stream.write(&self.buf[written..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.buf.clear();
+        Ok(())
+    }
+}
+
 /// One client's connection, served on its own thread.
 pub(crate) struct Connection<'a> {
-    stream: TcpStream,
     peer: SocketAddr,
     db: &'a Db,
     limits: Limits,
     input: Input,
     /// The parsed lines of one batch; empty between batches, kept for its allocation.
     requests: Vec<Parsed<'static>>,
-    replies: Vec<Reply>,
-    output: Vec<u8>,
+    output: Output,
     log_limit: RateLimit,
 }
 
 impl<'a> Connection<'a> {
     pub fn new(stream: TcpStream, peer: SocketAddr, db: &'a Db, limits: Limits) -> Self {
         Connection {
-            stream,
             peer,
             db,
             limits,
@@ -141,8 +258,13 @@ impl<'a> Connection<'a> {
                 want: READ_BYTES,
             },
             requests: Vec::new(),
-            replies: Vec::new(),
-            output: Vec::new(),
+            output: Output {
+                stream,
+                replies: Vec::new(),
+                buf: Vec::new(),
+                write_timeout: limits.write_timeout,
+                timeout_shortened: false,
+            },
             log_limit: RateLimit::new(LOG_LINES_PER_SECOND),
         }
     }
@@ -160,12 +282,14 @@ impl<'a> Connection<'a> {
     /// bounded time and amount, so that closing does not reset the connection before the
     /// client has read the reply.
     fn linger(&mut self) {
-        let _ = self.stream.shutdown(Shutdown::Write);
-        let _ = self.stream.set_read_timeout(Some(LINGER_TIME));
+        let stream = &self.output.stream;
+        let _ = stream.shutdown(Shutdown::Write);
+        let _ = stream.set_read_timeout(Some(LINGER_TIME));
         let started = Instant::now();
         let mut drained = 0;
+        let mut scratch = [0u8; 16 * 1024];
         while drained < LINGER_BYTES && started.elapsed() < LINGER_TIME {
-            match self.stream.read(&mut self.input.buf) {
+            match (&mut &*stream).read(&mut scratch) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => drained += n,
             }
@@ -173,14 +297,11 @@ impl<'a> Connection<'a> {
     }
 
     fn serve(&mut self) -> End {
-        let configured = self
-            .stream
+        let stream = &self.output.stream;
+        let configured = stream
             .set_read_timeout(self.limits.idle_timeout)
-            .and_then(|()| {
-                self.stream
-                    .set_write_timeout(Some(self.limits.write_timeout))
-            })
-            .and_then(|()| self.stream.set_nodelay(true));
+            .and_then(|()| stream.set_write_timeout(Some(self.limits.write_timeout)))
+            .and_then(|()| stream.set_nodelay(true));
         if let Err(e) = configured {
             return End::ReadFailed(e);
         }
@@ -190,7 +311,7 @@ impl<'a> Connection<'a> {
                 return End::NoMemory(e);
             }
             let free = self.input.buf.len() - self.input.end;
-            let read = self.stream.read(&mut self.input.buf[self.input.end..]);
+            let read = (&mut &self.output.stream).read(&mut self.input.buf[self.input.end..]);
             match read {
                 Ok(0) => return End::ClientClosed,
                 Ok(n) => self.input.record_read(n, free),
@@ -205,14 +326,17 @@ impl<'a> Connection<'a> {
                 }
                 Err(e) => return End::ReadFailed(e),
             }
-            let mut end = self.answer_lines();
+            let mut end = match self.answer_lines() {
+                Ok(end) => end,
+                Err(e) => return End::WriteFailed(e),
+            };
             if end.is_none() && self.input.pending().len() > max_line {
                 end = Some(End::LineTooLong);
             }
             if matches!(end, Some(End::LineTooLong)) {
-                self.replies.push(Reply::Error(LINE_TOO_LONG));
+                Reply::push_error(&mut self.output.replies, LINE_TOO_LONG);
             }
-            if let Err(e) = self.send_replies() {
+            if let Err(e) = self.output.send(self.db) {
                 return End::WriteFailed(e);
             }
             if let Some(end) = end {
@@ -221,9 +345,10 @@ impl<'a> Connection<'a> {
         }
     }
 
-    /// Parses every complete line in the input, then has the [`Db`] apply them as one batch,
-    /// queueing the replies. Returns how the connection must end, if a line ends it.
-    fn answer_lines(&mut self) -> Option<End> {
+    /// Parses every complete line in the input, then has the [`Db`] apply them, queueing the
+    /// replies; a `get *` is written out before the requests after it are applied. Returns
+    /// how the connection must end, if a line ends it.
+    fn answer_lines(&mut self) -> io::Result<Option<End>> {
         let max_line = self.limits.max_line_bytes;
         let mut requests = recycle(std::mem::take(&mut self.requests));
         let mut end = None;
@@ -249,55 +374,38 @@ impl<'a> Connection<'a> {
             }
             self.input.start += len + 1;
         }
-        if !requests.is_empty() {
-            if let Some(failure) = self.db.apply(&requests, &mut self.replies) {
-                if let Some(suppressed) = self.log_limit.allow(Instant::now()) {
-                    warn!(
-                        "{} puts refused: {failure}{}",
-                        self.peer,
-                        suppressed_note(suppressed)
-                    );
-                }
+        let mut at = 0;
+        while at < requests.len() {
+            let applied = self.db.apply(&requests[at..], &mut self.output.replies);
+            at += applied.consumed;
+            log_refusals(&mut self.log_limit, self.peer, &applied);
+            if at < requests.len() {
+                self.output.send(self.db)?;
             }
+        }
+        if requests.capacity() > 4096 {
+            requests.shrink_to(1024);
         }
         self.requests = recycle(requests);
-        end
+        Ok(end)
     }
 
-    /// Formats the queued replies and writes them, in one write unless a large `get` streams.
-    fn send_replies(&mut self) -> io::Result<()> {
-        for reply in self.replies.drain(..) {
-            match reply {
-                Reply::Ok(run) => {
-                    for _ in 0..run {
-                        self.output.extend_from_slice(protocol::OK);
-                    }
-                }
-                Reply::Error(message) => protocol::write_error(&mut self.output, message),
-                Reply::Failed(failure, run) => {
-                    let message = failure.to_string();
-                    for _ in 0..run {
-                        protocol::write_error(&mut self.output, &message);
-                    }
-                }
-                Reply::Points(mut snapshot) => {
-                    self.output.extend_from_slice(b"ok\n");
-                    for (metric, value, timestamp) in snapshot.iter() {
-                        protocol::write_point(&mut self.output, metric, value, timestamp);
-                        if self.output.len() >= FLUSH_BYTES {
-                            self.stream.write_all(&self.output)?;
-                            self.output.clear();
-                        }
-                    }
-                    self.output.push(b'\n');
-                }
-            }
+}
+
+fn log_refusals(limit: &mut RateLimit, peer: SocketAddr, applied: &Applied) {
+    if let Some(failure) = &applied.write_failure {
+        if let Some(suppressed) = limit.allow(Instant::now()) {
+            warn!("{peer} puts refused: {failure}{}", suppressed_note(suppressed));
         }
-        if !self.output.is_empty() {
-            self.stream.write_all(&self.output)?;
-            self.output.clear();
+    }
+    if applied.memory_refused > 0 {
+        if let Some(suppressed) = limit.allow(Instant::now()) {
+            warn!(
+                "{peer} {} puts refused: {MEMORY_LIMIT_REACHED}{}",
+                applied.memory_refused,
+                suppressed_note(suppressed)
+            );
         }
-        Ok(())
     }
 }
 

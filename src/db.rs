@@ -9,37 +9,82 @@
 //! the file holds puts in the order the store applied them. Writing them out comes after.
 
 use crate::defaults;
-use crate::journal::{CompactReport, Fsync, Journal, JournalError, WriteError};
+use crate::journal::{CompactReport, Fsync, Journal, JournalError, Position, WriteError};
 use crate::protocol::{self, Request, RequestError, Selector};
-use crate::store::{Snapshot, Store};
+use crate::store::{MemoryFull, SeriesSnapshot, Store};
 use crate::{error, info, warn};
+use std::ops::RangeInclusive;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 /// One request line as the connection parsed it: a request, or why it is not one.
 pub(crate) type Parsed<'a> = Result<Request<'a>, RequestError>;
+
+/// The reply to a put refused by the memory limit.
+pub(crate) const MEMORY_LIMIT_REACHED: &str = "memory limit reached";
+/// How much one step of a `get *`, a sweep or a compaction reads under the lock: about this
+/// many points (whole blocks count in full) or series. It bounds both the time the lock is
+/// held and what a reader that stops reading keeps alive.
+pub(crate) const STEP_POINTS: usize = 8192;
+/// Series one retention step visits.
+const SWEEP_SERIES: usize = 1000;
 
 /// A reply decided under the lock and written after it is released.
 #[derive(Debug)]
 pub(crate) enum Reply {
     /// This many `ok` replies in a row: a pipelined run of puts.
     Ok(usize),
-    /// An error reply with this message.
-    Error(&'static str),
+    /// This many error replies in a row with this message.
+    Error(&'static str, usize),
     /// This many puts in a row refused, because the data file cannot be written.
     Failed(WriteError, usize),
-    /// A get's points, read after the lock is released.
-    Points(Snapshot),
+    /// A get of one metric: its points (`None`: no such metric).
+    Series(Option<SeriesSnapshot>),
+    /// A get of every metric, read in steps with [`Db::read_step`] as the reply is written.
+    All(Cursor),
 }
 
-/// Where the data lives and how long it is kept: what [`Db::open`] needs.
+impl Reply {
+    /// Appends an error reply, merging it into a run of the same.
+    pub fn push_error(replies: &mut Vec<Reply>, message: &'static str) {
+        match replies.last_mut() {
+            Some(Reply::Error(last, run)) if *last == message => *run += 1,
+            _ => replies.push(Reply::Error(message, 1)),
+        }
+    }
+}
+
+/// Where a `get *` has got to: it goes on after this name.
+#[derive(Debug)]
+pub(crate) struct Cursor {
+    after: Option<Arc<str>>,
+    range: RangeInclusive<i64>,
+    done: bool,
+}
+
+/// What [`Db::apply`] did with a batch.
+#[derive(Debug, Default)]
+pub(crate) struct Applied {
+    /// Requests applied, from the front of the batch: all of them, or up to and including a
+    /// `get *`, whose reply must be written before later requests are applied.
+    pub consumed: usize,
+    /// The data file's failure, when this batch's puts could not be written; their replies say
+    /// so, and the caller logs it.
+    pub write_failure: Option<WriteError>,
+    /// Puts refused by the memory limit.
+    pub memory_refused: usize,
+}
+
+/// Where the data lives, how long it is kept and how much memory it may take: what
+/// [`Db::open`] needs.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Settings<'a> {
     pub data: Option<&'a Path>,
     pub fsync: Fsync,
     pub retention: Option<Duration>,
+    pub max_memory: Option<usize>,
 }
 
 /// The shared state; see the module docs.
@@ -49,6 +94,7 @@ pub(crate) struct Db {
     journal: Option<Journal>,
     retention: Option<Duration>,
     open_connections: AtomicUsize,
+    memory_refused: AtomicU64,
 }
 
 impl Db {
@@ -63,13 +109,22 @@ impl Db {
             journal: None,
             retention: settings.retention,
             open_connections: AtomicUsize::new(0),
+            memory_refused: AtomicU64::new(0),
         };
         if let Some(path) = settings.data {
             let (store, journal) = load(path, settings.fsync, db.since())?;
             db.store = Mutex::new(store);
             db.journal = Some(journal);
+            if db.journal().is_some_and(|j| j.needs_compaction(db.lock().points())) {
+                db.compact_now()?;
+            }
         }
+        db.lock().set_memory_limit(settings.max_memory);
         Ok(db)
+    }
+
+    fn journal(&self) -> Option<&Journal> {
+        self.journal.as_ref()
     }
 
     /// The oldest timestamp a `get` returns: now minus the retention window.
@@ -90,22 +145,22 @@ impl Db {
         self.store.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Applies a batch of requests under one lock acquisition, in order, and appends their
-    /// replies to `replies`. With a data file, the puts are written (group commit) after the
-    /// lock is released and before this returns: a put is acknowledged only once written.
-    ///
-    /// Returns the data file's failure when this batch's puts could not be written; their
-    /// replies then say so, and the caller logs it.
-    pub fn apply(&self, requests: &[Parsed<'_>], replies: &mut Vec<Reply>) -> Option<WriteError> {
-        let journal = self.journal.as_ref();
+    /// Applies requests from the front of a batch under one lock acquisition, in order, and
+    /// appends their replies to `replies`; it stops after a `get *` (see [`Applied`]). With a
+    /// data file, the puts are written (group commit) after the lock is released and before
+    /// this returns: a put is acknowledged only once written.
+    pub fn apply(&self, requests: &[Parsed<'_>], replies: &mut Vec<Reply>) -> Applied {
+        let journal = self.journal();
         // A data file that cannot be written refuses puts before they touch the store.
         let refusal = journal.and_then(Journal::failure);
         let since = self.since();
         let first = replies.len();
+        let mut applied = Applied::default();
         let written_to = {
             let mut store = self.lock();
             let mut appender = None;
             for request in requests {
+                applied.consumed += 1;
                 match *request {
                     Ok(Request::Put {
                         metric,
@@ -119,7 +174,11 @@ impl Db {
                             }
                             continue;
                         }
-                        store.put(metric, value, timestamp);
+                        if let Err(MemoryFull) = store.put(metric, value, timestamp) {
+                            applied.memory_refused += 1;
+                            Reply::push_error(replies, MEMORY_LIMIT_REACHED);
+                            continue;
+                        }
                         if let Some(journal) = journal {
                             appender
                                 .get_or_insert_with(|| journal.appender())
@@ -130,24 +189,56 @@ impl Db {
                             _ => replies.push(Reply::Ok(1)),
                         }
                     }
-                    Ok(Request::Get(selector)) => {
-                        replies.push(Reply::Points(store.snapshot(selector, since)));
+                    Ok(Request::Get(Selector::Metric(metric))) => {
+                        replies.push(Reply::Series(store.read(metric, since..=i64::MAX)));
                     }
-                    Err(_) => replies.push(Reply::Error(protocol::WRONG_COMMAND)),
+                    Ok(Request::Get(Selector::All)) => {
+                        replies.push(Reply::All(Cursor {
+                            after: None,
+                            range: since..=i64::MAX,
+                            done: false,
+                        }));
+                        break;
+                    }
+                    Err(_) => Reply::push_error(replies, protocol::WRONG_COMMAND),
                 }
             }
             // The journal's ordering rule: the lines are appended before the lock goes.
             appender.map(|appender| appender.finish())
         };
-        let (journal, seq) = journal.zip(written_to)?;
-        let failure = journal.commit(seq).err()?;
-        // Not written, so not acknowledged.
-        for reply in &mut replies[first..] {
-            if let Reply::Ok(run) = *reply {
-                *reply = Reply::Failed(failure.clone(), run);
-            }
+        if applied.memory_refused > 0 {
+            self.memory_refused
+                .fetch_add(applied.memory_refused as u64, Ordering::Relaxed);
         }
-        Some(failure)
+        let Some((journal, seq)) = journal.zip(written_to) else {
+            return applied;
+        };
+        if let Err(failure) = journal.commit(seq) {
+            // Not written, so not acknowledged.
+            for reply in &mut replies[first..] {
+                if let Reply::Ok(run) = *reply {
+                    *reply = Reply::Failed(failure.clone(), run);
+                }
+            }
+            applied.write_failure = Some(failure);
+        }
+        applied
+    }
+
+    /// The next step of a `get *`: series in name order, each complete and consistent, about
+    /// [`STEP_POINTS`] points in all. Empty when the reply is complete.
+    pub fn read_step(&self, cursor: &mut Cursor) -> Vec<SeriesSnapshot> {
+        if cursor.done {
+            return Vec::new();
+        }
+        let step = self
+            .lock()
+            .read_after(cursor.after.as_deref(), cursor.range.clone(), STEP_POINTS);
+        match step.last() {
+            Some(last) => cursor.after = Some(Arc::from(last.name())),
+            None => cursor.done = true,
+        }
+        step
     }
 
     /// Takes one of `limit` connection places; `false` when all are taken.
@@ -169,7 +260,12 @@ impl Db {
         self.open_connections.load(Ordering::Acquire)
     }
 
-    /// Whether anything needs doing in the background: a data file to sync, retry and
+    /// Puts refused by the memory limit since start-up.
+    pub fn memory_refused(&self) -> u64 {
+        self.memory_refused.load(Ordering::Relaxed)
+    }
+
+    /// Whether anything needs doing in the background: a data file to sync, watch, retry and
     /// compact, or a retention window to apply.
     pub fn needs_maintenance(&self) -> bool {
         self.journal.is_some() || self.retention.is_some()
@@ -179,7 +275,7 @@ impl Db {
     pub fn maintain(&self, state: &mut Maintenance) {
         let now = Instant::now();
         let second = Duration::from_secs(1);
-        if let Some(journal) = &self.journal {
+        if let Some(journal) = self.journal() {
             let check = now.duration_since(state.checked) >= second;
             if journal.failure().is_some() && check {
                 // A retry: it clears the failure, and logs, once a write succeeds.
@@ -193,43 +289,119 @@ impl Db {
             }
             if check {
                 state.checked = now;
-                let points = self.lock().points();
-                if journal.needs_compaction(points) && now >= state.compact_after {
-                    self.compact(journal, state);
-                }
+                self.check_data_file(journal, state, now);
             }
         }
         if let Some(window) = self.retention {
             let every = (window / 10).clamp(second, 60 * second);
-            if now.duration_since(state.swept) >= every {
-                state.swept = now;
-                let since = self.since();
-                let removed = self.lock().expire_before(since);
-                if removed > 0 {
-                    info!("retention: removed {removed} points older than {since}");
-                }
+            if state.sweeping.is_some() || now.duration_since(state.swept) >= every {
+                self.sweep(state);
             }
         }
     }
 
-    fn compact(&self, journal: &Journal, state: &mut Maintenance) {
-        let since = self.since();
-        // The snapshot and the journal position are read under the same store lock, so the
-        // lines after that position are exactly the puts the snapshot lacks.
-        let take = || {
-            let store = self.lock();
-            (store.snapshot(Selector::All, since), journal.position())
-        };
-        match journal.compact(take) {
-            Ok(report) => log_compaction(journal, &report),
+    /// Rewrites the data file from memory when it was removed or replaced, and compacts it
+    /// when it has grown to more than twice the live data.
+    fn check_data_file(&self, journal: &Journal, state: &mut Maintenance, now: Instant) {
+        if now < state.compact_after {
+            return;
+        }
+        let lost = journal.lost();
+        if let Some(why) = lost {
+            error!(
+                "data file {} is not the file being written ({why}); writing a complete new one \
+                 from memory",
+                journal.path().display()
+            );
+        } else if !journal.needs_compaction(self.lock().points()) {
+            return;
+        }
+        match self.compact_now() {
+            Ok(report) if lost.is_some() => info!(
+                "rewrote {} from memory: {} lines in {} ms",
+                journal.path().display(),
+                report.lines_after,
+                report.millis
+            ),
+            Ok(_) => {}
             Err(e) => {
-                state.compact_after = Instant::now() + Maintenance::COMPACT_RETRY;
-                error!(
-                    "compaction failed, next try in {:?}: {e}",
+                let retry = if lost.is_some() {
+                    Maintenance::REWRITE_RETRY
+                } else {
                     Maintenance::COMPACT_RETRY
-                );
+                };
+                state.compact_after = now + retry;
+                error!("compaction failed, next try in {retry:?}: {e}");
             }
         }
+    }
+
+    /// Retention, in steps that each hold the lock briefly: runs steps for up to a tick's
+    /// worth of time, and goes on at the next tick when there is more.
+    fn sweep(&self, state: &mut Maintenance) {
+        let started = Instant::now();
+        let since = self.since();
+        loop {
+            let cursor = state.sweeping.take().unwrap_or(None);
+            let (removed, next) =
+                self.lock()
+                    .expire_after(cursor.as_deref(), since, SWEEP_SERIES);
+            state.swept_points += removed;
+            match next {
+                Some(next) => state.sweeping = Some(Some(next)),
+                None => {
+                    state.swept = Instant::now();
+                    if state.swept_points > 0 {
+                        info!(
+                            "retention: removed {} points older than {since}",
+                            state.swept_points
+                        );
+                    }
+                    state.swept_points = 0;
+                    return;
+                }
+            }
+            if started.elapsed() >= Maintenance::TICK / 2 {
+                return;
+            }
+        }
+    }
+
+    /// Compacts the data file now, reading the store in steps.
+    fn compact_now(&self) -> Result<CompactReport, JournalError> {
+        let Some(journal) = self.journal() else {
+            return Ok(CompactReport::default());
+        };
+        let since = self.since();
+        // The position is read under the store lock, before the first step: every put after
+        // it is in the tail that compaction copies.
+        let at: Position = {
+            let _store = self.lock();
+            journal.position()
+        };
+        let mut cursor = Cursor {
+            after: None,
+            range: since..=i64::MAX,
+            done: false,
+        };
+        let report = journal.compact(at, |out| {
+            let mut added = 0;
+            while added == 0 {
+                let step = self.read_step(&mut cursor);
+                if step.is_empty() {
+                    break;
+                }
+                for series in &step {
+                    for (timestamp, value) in series.points() {
+                        protocol::write_point(out, series.name(), value, timestamp);
+                        added += 1;
+                    }
+                }
+            }
+            added
+        })?;
+        log_compaction(journal, &report);
+        Ok(report)
     }
 
     /// A test's handle on the store, as a connection thread that panics would hold it.
@@ -239,12 +411,15 @@ impl Db {
     }
 }
 
-/// When the background steps last ran.
+/// When the background steps last ran, and where a sweep has got to.
 #[derive(Debug)]
 pub(crate) struct Maintenance {
     synced: Instant,
     checked: Instant,
     swept: Instant,
+    /// A retention sweep under way: `Some(cursor)`, the cursor `None` at its start.
+    sweeping: Option<Option<Arc<str>>>,
+    swept_points: usize,
     /// After a failed compaction (a full disk, say), no new attempt before this.
     compact_after: Instant,
 }
@@ -254,6 +429,8 @@ impl Maintenance {
     pub const TICK: Duration = Duration::from_millis(100);
     /// How long a failed compaction waits before the next try.
     const COMPACT_RETRY: Duration = Duration::from_secs(60);
+    /// How long a failed rewrite of a lost data file waits before the next try.
+    const REWRITE_RETRY: Duration = Duration::from_secs(5);
 
     pub fn new() -> Self {
         let now = Instant::now();
@@ -261,12 +438,14 @@ impl Maintenance {
             synced: now,
             checked: now,
             swept: now,
+            sweeping: None,
+            swept_points: 0,
             compact_after: now,
         }
     }
 }
 
-/// Replays the data file, and compacts it at once when it holds more than twice the live data.
+/// Replays the data file and logs what it found.
 fn load(path: &Path, fsync: Fsync, since: i64) -> Result<(Store, Journal), JournalError> {
     let started = Instant::now();
     let (store, journal, report) = Journal::open(path, fsync, since)?;
@@ -294,10 +473,11 @@ fn load(path: &Path, fsync: Fsync, since: i64) -> Result<(Store, Journal), Journ
         report.expired,
         started.elapsed().as_millis()
     );
-    if journal.needs_compaction(store.points()) {
-        let compacted =
-            journal.compact(|| (store.snapshot(Selector::All, since), journal.position()))?;
-        log_compaction(&journal, &compacted);
+    for leftover in &report.leftovers {
+        warn!(
+            "removed {}, a compaction file left by a server that stopped mid-compaction",
+            leftover.display()
+        );
     }
     Ok((store, journal))
 }
@@ -315,7 +495,6 @@ fn log_compaction(journal: &Journal, report: &CompactReport) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
     use std::thread;
 
     fn memory(retention: Option<Duration>) -> Db {
@@ -323,39 +502,96 @@ mod tests {
             data: None,
             fsync: Fsync::No,
             retention,
+            max_memory: None,
         })
         .unwrap()
+    }
+
+    fn parse(lines: &[&'static str]) -> Vec<Parsed<'static>> {
+        lines
+            .iter()
+            .map(|line| Request::parse(line.as_bytes()).map(Option::unwrap))
+            .collect()
+    }
+
+    fn shapes(db: &Db, replies: &mut Vec<Reply>) -> Vec<String> {
+        replies
+            .drain(..)
+            .map(|reply| match reply {
+                Reply::Ok(n) => format!("ok {n}"),
+                Reply::Error(message, n) => format!("error {message} {n}"),
+                Reply::Failed(_, n) => format!("failed {n}"),
+                Reply::Series(series) => {
+                    format!("points {}", series.map_or(0, |s| s.points().count()))
+                }
+                Reply::All(mut cursor) => {
+                    let mut count = 0;
+                    loop {
+                        let step = db.read_step(&mut cursor);
+                        if step.is_empty() {
+                            break format!("all {count}");
+                        }
+                        count += step.iter().map(|s| s.points().count()).sum::<usize>();
+                    }
+                }
+            })
+            .collect()
     }
 
     #[test]
     fn a_batch_gets_one_reply_per_request_in_order() {
         let db = memory(None);
-        let requests = [
-            Request::parse(b"put a 1 1"),
-            Request::parse(b"put a 2 2"),
-            Request::parse(b"nonsense"),
-            Request::parse(b"get a"),
-            Request::parse(b"put b 1 1"),
-        ]
-        .map(|parsed| parsed.map(Option::unwrap));
+        let requests = parse(&[
+            "put a 1 1",
+            "put a 2 2",
+            "nonsense",
+            "nonsense",
+            "get a",
+            "put b 1 1",
+        ]);
         let mut replies = Vec::new();
-        assert!(db.apply(&requests, &mut replies).is_none());
-        let shapes: Vec<String> = replies
-            .iter_mut()
-            .map(|reply| match reply {
-                Reply::Ok(n) => format!("ok {n}"),
-                Reply::Error(message) => format!("error {message}"),
-                Reply::Failed(_, n) => format!("failed {n}"),
-                Reply::Points(snapshot) => format!("points {}", snapshot.iter().count()),
-            })
-            .collect();
-        assert_eq!(shapes, ["ok 2", "error wrong command", "points 2", "ok 1"]);
+        let applied = db.apply(&requests, &mut replies);
+        assert_eq!(applied.consumed, 6);
+        assert_eq!(
+            shapes(&db, &mut replies),
+            ["ok 2", "error wrong command 2", "points 2", "ok 1"]
+        );
+    }
+
+    #[test]
+    fn a_get_star_is_answered_before_later_puts_are_applied() {
+        let db = memory(None);
+        let requests = parse(&["put a 1 1", "get *", "put b 1 1"]);
+        let mut replies = Vec::new();
+        assert_eq!(db.apply(&requests, &mut replies).consumed, 2);
+        assert_eq!(shapes(&db, &mut replies), ["ok 1", "all 1"]);
+        assert_eq!(db.apply(&requests[2..], &mut replies).consumed, 1);
+        assert_eq!(shapes(&db, &mut replies), ["ok 1"]);
+    }
+
+    #[test]
+    fn the_memory_limit_refuses_puts_with_their_own_reply() {
+        let db = Db::open(Settings {
+            data: None,
+            fsync: Fsync::No,
+            retention: None,
+            max_memory: Some(0),
+        })
+        .unwrap();
+        let mut replies = Vec::new();
+        let applied = db.apply(&parse(&["put a 1 1", "put a 2 2", "get a"]), &mut replies);
+        assert_eq!(applied.memory_refused, 2);
+        assert_eq!(db.memory_refused(), 2);
+        assert_eq!(
+            shapes(&db, &mut replies),
+            ["error memory limit reached 2", "points 0"]
+        );
     }
 
     #[test]
     fn a_panic_while_holding_the_lock_does_not_stop_other_clients() {
         let db = Arc::new(memory(None));
-        db.store().put("m", 1.0, 1);
+        db.store().put("m", 1.0, 1).unwrap();
         let poisoner = Arc::clone(&db);
         let panicked = thread::spawn(move || {
             let _guard = poisoner.store();
@@ -364,12 +600,7 @@ mod tests {
         .join();
         assert!(panicked.is_err());
         assert!(db.store.is_poisoned());
-        let put = [Ok(Request::Put {
-            metric: "m",
-            value: 2.0,
-            timestamp: 2,
-        })];
-        assert!(db.apply(&put, &mut Vec::new()).is_none());
+        db.apply(&parse(&["put m 2 2"]), &mut Vec::new());
         assert_eq!(db.store().points(), 2);
     }
 

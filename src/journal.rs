@@ -16,10 +16,10 @@
 //! appended after it to a new file and moves `base` accordingly.
 
 use crate::protocol::{self, NameError, PointError, PointLine};
-use crate::store::{Snapshot, Store};
+use crate::store::Store;
 use std::fmt;
 use std::fs::{self, File, OpenOptions, TryLockError};
-use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -133,10 +133,12 @@ pub struct LoadReport {
     pub invalid_names: u64,
     /// The first of those lines, described for the log.
     pub first_invalid: Option<String>,
+    /// Compaction files a crashed server left beside the data file, now removed.
+    pub leftovers: Vec<PathBuf>,
 }
 
 /// What a compaction did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CompactReport {
     pub lines_before: u64,
     pub lines_after: u64,
@@ -224,7 +226,8 @@ impl Journal {
         if !existed {
             sync_parent(path).map_err(io_error("sync the directory of"))?;
         }
-        let (store, report, good_len) = replay(&file, path, since)?;
+        let leftovers = remove_leftovers(path);
+        let (store, mut report, good_len) = replay(&file, path, since)?;
         if report.torn_bytes > 0 {
             file.set_len(good_len)
                 .map_err(io_error("cut the torn line from"))?;
@@ -250,6 +253,7 @@ impl Journal {
             failing: AtomicBool::new(false),
             failure: Mutex::new(None),
         };
+        report.leftovers = leftovers;
         Ok((store, journal, report))
     }
 
@@ -383,50 +387,69 @@ impl Journal {
         lines >= COMPACT_MIN_LINES && lines > 2 * live_points as u64
     }
 
-    /// Rewrites the file as `snapshot` plus the lines appended after it. `take` must return a
-    /// snapshot of the store and the journal [`position`](Journal::position) read under the
-    /// same store lock. Writers wait only while the short tail is copied and the new file
-    /// moved into place.
+    /// Rewrites the file as a snapshot plus the lines appended after it. `at` is the
+    /// [`position`](Journal::position) read under the store lock before the snapshot's first
+    /// step; `fill` then appends the live points' lines in steps (each under the store lock
+    /// briefly) and returns how many it added, 0 at the end. Points put after `at` may be in
+    /// both the snapshot and the tail: replay applies them twice, in order, to the same result.
+    /// Writers wait only while the tail is copied and the new file moved into place.
+    ///
+    /// The new file is created exclusively under a name that is this data file's and this
+    /// process's ([`temp_path`](Journal::temp_path)); on failure it is removed, and the old file
+    /// is still in use and complete.
     ///
     /// # Errors
-    /// [`JournalError::Io`]; the old file is then still in use and complete.
+    /// [`JournalError::Io`].
     pub fn compact(
         &self,
-        take: impl FnOnce() -> (Snapshot, Position),
+        at: Position,
+        fill: impl FnMut(&mut Vec<u8>) -> u64,
     ) -> Result<CompactReport, JournalError> {
-        let temp = self.path.with_extension("compact");
-        let result = self.rewrite(&temp, take);
-        if result.is_err() {
+        let temp = self.temp_path();
+        let mut created = false;
+        let result = self.rewrite(&temp, &mut created, at, fill);
+        if result.is_err() && created {
             // The old file is still the data file; the half-made one goes.
             let _ = fs::remove_file(&temp);
         }
         result
     }
 
+    /// Where compaction builds the next file: beside the data file, named after it and this
+    /// process, hidden (`.data.txt.1234.compact`), so no other file is ever overwritten.
+    pub fn temp_path(&self) -> PathBuf {
+        temp_path(&self.path, std::process::id())
+    }
+
     fn rewrite(
         &self,
         temp: &Path,
-        take: impl FnOnce() -> (Snapshot, Position),
+        created: &mut bool,
+        at: Position,
+        mut fill: impl FnMut(&mut Vec<u8>) -> u64,
     ) -> Result<CompactReport, JournalError> {
         let started = Instant::now();
         let lines_before = self.lines();
-        let (mut snapshot, at) = take();
         let io_error = |action| io_error(temp, action);
-        let mut out =
-            BufWriter::with_capacity(1 << 20, File::create(temp).map_err(io_error("create"))?);
+        let mut temp_file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create_new(true)
+            .open(temp)
+            .map_err(io_error("create"))?;
+        *created = true;
         let (mut written, mut points) = (0u64, 0u64);
-        let mut line = Vec::with_capacity(128);
-        for (metric, value, timestamp) in snapshot.iter() {
-            line.clear();
-            protocol::write_point(&mut line, metric, value, timestamp);
-            out.write_all(&line).map_err(io_error("write"))?;
-            written += line.len() as u64;
-            points += 1;
+        let mut lines = Vec::with_capacity(1 << 20);
+        loop {
+            lines.clear();
+            let added = fill(&mut lines);
+            if added == 0 {
+                break;
+            }
+            temp_file.write_all(&lines).map_err(io_error("write"))?;
+            written += lines.len() as u64;
+            points += added;
         }
-        drop(snapshot);
-        let mut temp_file = out
-            .into_inner()
-            .map_err(|e| io_error("write")(e.into_error()))?;
         // The new file carries the lock once it takes the old one's name.
         temp_file
             .try_lock()
@@ -442,18 +465,18 @@ impl Journal {
                 source: io::Error::new(e.0.kind(), e.0.to_string()),
             })?;
         let tail_start = (at.seq as i64 - writer.base) as u64;
-        let mut old = File::open(&self.path).map_err(io_error("reopen"))?;
-        old.seek(SeekFrom::Start(tail_start))
-            .map_err(io_error("read"))?;
-        let tail = io::copy(&mut old.take(writer.len - tail_start), &mut temp_file)
-            .map_err(io_error("copy the tail to"))?;
+        // The tail is read through the handle this journal holds, not by path: the file at
+        // the path may have been removed or replaced.
+        let tail = {
+            let old = lock(&self.sync_handle);
+            copy_range(&old, tail_start, writer.len, &mut temp_file)
+                .map_err(io_error("copy the tail to"))?
+        };
         temp_file.sync_all().map_err(io_error("sync"))?;
         fs::rename(temp, &self.path).map_err(io_error("rename"))?;
+        *created = false;
         sync_parent(&self.path).map_err(io_error("sync the directory of"))?;
-        let file = OpenOptions::new()
-            .append(true)
-            .open(&self.path)
-            .map_err(io_error("open"))?;
+        let file = temp_file.try_clone().map_err(io_error("open"))?;
         *lock(&self.sync_handle) = temp_file;
         writer.file = file;
         writer.base = at.seq as i64 - written as i64;
@@ -470,6 +493,93 @@ impl Journal {
             millis: started.elapsed().as_millis(),
         })
     }
+
+    /// Whether the file at the path is still the one this journal writes: `Some(why)` when it
+    /// was removed, renamed away or replaced, so that its writes would be lost.
+    pub fn lost(&self) -> Option<&'static str> {
+        let held = lock(&self.sync_handle).metadata();
+        match fs::metadata(&self.path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Some("it was removed or renamed"),
+            Err(_) => None,
+            Ok(at_path) => match held {
+                Ok(held) if !same_file(&held, &at_path) => Some("another file replaced it"),
+                _ => None,
+            },
+        }
+    }
+}
+
+#[cfg(unix)]
+fn same_file(a: &fs::Metadata, b: &fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    (a.dev(), a.ino()) == (b.dev(), b.ino())
+}
+
+#[cfg(not(unix))]
+fn same_file(_: &fs::Metadata, _: &fs::Metadata) -> bool {
+    true
+}
+
+/// Copies bytes `from..to` of `file` to the end of `out`, without moving `file`'s offset.
+fn copy_range(file: &File, from: u64, to: u64, out: &mut File) -> io::Result<u64> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = from;
+    while at < to {
+        let want = buf.len().min((to - at) as usize);
+        let n = read_at(file, &mut buf[..want], at)?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        out.write_all(&buf[..n])?;
+        at += n as u64;
+    }
+    Ok(to - from)
+}
+
+#[cfg(unix)]
+fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    std::os::unix::fs::FileExt::read_at(file, buf, offset)
+}
+
+#[cfg(not(unix))]
+fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    std::os::windows::fs::FileExt::seek_read(file, buf, offset)
+}
+
+/// The compaction file of the data file at `path` for process `pid`.
+fn temp_path(path: &Path, pid: u32) -> PathBuf {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    path.with_file_name(format!(".{name}.{pid}.compact"))
+}
+
+/// Removes compaction files that a crashed server left beside the data file at `path`. Only
+/// called while holding the data file's lock, so no live server is writing one. Returns their
+/// names.
+fn remove_leftovers(path: &Path) -> Vec<PathBuf> {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let prefix = format!(".{name}.");
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(file_name) = file_name.to_str() else {
+            continue;
+        };
+        let ours = file_name
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.strip_suffix(".compact"))
+            .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()));
+        if ours && fs::remove_file(entry.path()).is_ok() {
+            removed.push(entry.path());
+        }
+    }
+    removed
 }
 
 /// Point lines being appended under the store lock; see [`Journal::appender`].
@@ -566,7 +676,8 @@ fn replay(file: &File, path: &Path, since: i64) -> Result<(Store, LoadReport, u6
         if timestamp < since {
             report.expired += 1;
         } else {
-            store.put(metric, value, timestamp);
+            // No memory limit is set while loading: this put cannot be refused.
+            let _ = store.put(metric, value, timestamp);
         }
     }
     Ok((store, report, good_len))
@@ -586,9 +697,8 @@ fn shown(line: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::Selector;
 
-    fn temp_path(name: &str) -> PathBuf {
+    fn test_path(name: &str) -> PathBuf {
         let dir =
             std::env::temp_dir().join(format!("metrics-journal-{}-{name}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
@@ -598,15 +708,41 @@ mod tests {
 
     fn dump(store: &Store) -> String {
         let mut out = Vec::new();
-        for (m, v, t) in store.snapshot(Selector::All, i64::MIN).iter() {
-            protocol::write_point(&mut out, m, v, t);
-        }
+        write_all(store, &mut out);
         String::from_utf8(out).unwrap()
+    }
+
+    /// Every point's line; how many.
+    fn write_all(store: &Store, out: &mut Vec<u8>) -> u64 {
+        let mut count = 0;
+        for series in store.read_after(None, i64::MIN..=i64::MAX, usize::MAX) {
+            for (t, v) in series.points() {
+                protocol::write_point(out, series.name(), v, t);
+                count += 1;
+            }
+        }
+        count
+    }
+
+    fn put(store: &mut Store, metric: &str, value: f64, timestamp: i64) {
+        store.put(metric, value, timestamp).unwrap();
+    }
+
+    /// A compaction source that writes the whole store in one step.
+    fn fill(store: &Store) -> impl FnMut(&mut Vec<u8>) -> u64 + '_ {
+        let mut done = false;
+        move |out| {
+            if std::mem::replace(&mut done, true) {
+                0
+            } else {
+                write_all(store, out)
+            }
+        }
     }
 
     #[test]
     fn appended_lines_replay_in_order() {
-        let path = temp_path("replay");
+        let path = test_path("replay");
         let (_, journal, report) = Journal::open(&path, Fsync::No, i64::MIN).unwrap();
         assert_eq!(report, LoadReport::default());
         let seq = journal.append(b"a 1.0 1\nb 2.0 2\na 3.0 1\n", 3);
@@ -619,7 +755,7 @@ mod tests {
 
     #[test]
     fn a_torn_last_line_is_cut_and_later_appends_read_back() {
-        let path = temp_path("torn");
+        let path = test_path("torn");
         fs::write(&path, "a 1.0 1\nb 2.0 2\nc 3.").unwrap();
         let (store, journal, report) = Journal::open(&path, Fsync::Always, i64::MIN).unwrap();
         assert_eq!(report.torn_bytes, 4);
@@ -634,7 +770,7 @@ mod tests {
 
     #[test]
     fn a_bad_line_in_the_middle_refuses_and_leaves_the_file() {
-        let path = temp_path("corrupt");
+        let path = test_path("corrupt");
         let text = "a 1.0 1\nb two 2\nc 3.0 3\n";
         fs::write(&path, text).unwrap();
         let error = Journal::open(&path, Fsync::No, i64::MIN).unwrap_err();
@@ -650,46 +786,50 @@ mod tests {
 
     #[test]
     fn compaction_keeps_the_live_points_and_later_appends() {
-        let path = temp_path("compact");
+        let path = test_path("compact");
         let (mut store, journal, _) = Journal::open(&path, Fsync::EverySec, i64::MIN).unwrap();
         let mut lines = Vec::new();
         for round in 0..3 {
             for t in 0..500 {
-                store.put("m", f64::from(round), t);
+                put(&mut store, "m", f64::from(round), t);
                 protocol::write_point(&mut lines, "m", f64::from(round), t);
             }
         }
         journal.commit(journal.append(&lines, 1500)).unwrap();
         assert!(journal.needs_compaction(store.points()));
         // A put that lands after the snapshot but before the switch must survive.
+        let at = journal.position();
+        let mut snapshot = fill(&store);
         let report = journal
-            .compact(|| {
-                let snapshot = store.snapshot(Selector::All, i64::MIN);
-                let position = journal.position();
-                journal.append(b"late 9.0 9\n", 1);
-                (snapshot, position)
+            .compact(at, |out| {
+                let added = snapshot(out);
+                if added > 0 {
+                    journal.append(b"late 9.0 9\n", 1);
+                }
+                added
             })
             .unwrap();
+        drop(snapshot);
         assert_eq!((report.lines_before, report.lines_after), (1500, 501));
         journal.commit(journal.append(b"later 1.0 1\n", 1)).unwrap();
         drop(journal);
         let (replayed, _, report) = Journal::open(&path, Fsync::No, i64::MIN).unwrap();
         assert_eq!(report.lines, 502);
-        store.put("late", 9.0, 9);
-        store.put("later", 1.0, 1);
+        put(&mut store, "late", 9.0, 9);
+        put(&mut store, "later", 1.0, 1);
         assert_eq!(dump(&replayed), dump(&store));
     }
 
     #[test]
     fn a_failed_compaction_leaves_the_old_file_in_use() {
-        let path = temp_path("compact-fails");
+        let path = test_path("compact-fails");
         let (mut store, journal, _) = Journal::open(&path, Fsync::No, i64::MIN).unwrap();
-        store.put("a", 1.0, 1);
+        put(&mut store, "a", 1.0, 1);
         journal.commit(journal.append(b"a 1.0 1\n", 1)).unwrap();
         // Something in the way of the new file.
-        fs::create_dir(path.with_extension("compact")).unwrap();
+        fs::create_dir(journal.temp_path()).unwrap();
         let error = journal
-            .compact(|| (store.snapshot(Selector::All, i64::MIN), journal.position()))
+            .compact(journal.position(), fill(&store))
             .unwrap_err();
         assert!(error.to_string().starts_with("cannot create "), "{error}");
         journal.commit(journal.append(b"b 2.0 2\n", 1)).unwrap();
@@ -698,7 +838,7 @@ mod tests {
 
     #[test]
     fn a_second_journal_on_the_same_file_is_refused_even_after_compaction() {
-        let path = temp_path("locked");
+        let path = test_path("locked");
         let (store, journal, _) = Journal::open(&path, Fsync::No, i64::MIN).unwrap();
         let refused = Journal::open(&path, Fsync::No, i64::MIN).unwrap_err();
         assert!(
@@ -707,9 +847,7 @@ mod tests {
                 .ends_with("another metrics server is using it"),
             "{refused}"
         );
-        journal
-            .compact(|| (store.snapshot(Selector::All, i64::MIN), journal.position()))
-            .unwrap();
+        journal.compact(journal.position(), fill(&store)).unwrap();
         assert!(Journal::open(&path, Fsync::No, i64::MIN).is_err());
         drop(journal);
         assert!(Journal::open(&path, Fsync::No, i64::MIN).is_ok());
@@ -717,10 +855,68 @@ mod tests {
 
     #[test]
     fn expired_points_are_not_loaded() {
-        let path = temp_path("expired");
+        let path = test_path("expired");
         fs::write(&path, "a 1.0 1\na 2.0 100\n").unwrap();
         let (store, _, report) = Journal::open(&path, Fsync::No, 50).unwrap();
         assert_eq!(report.expired, 1);
         assert_eq!(dump(&store), "a 2.0 100\n");
+    }
+}
+
+#[cfg(test)]
+mod safety {
+    use super::*;
+
+    fn dir(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("metrics-journal-{}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn compaction_files_are_hidden_and_named_for_their_data_file_and_process() {
+        let path = Path::new("/d/data.compact");
+        assert_eq!(
+            temp_path(path, 42),
+            Path::new("/d/.data.compact.42.compact")
+        );
+        assert_eq!(temp_path(Path::new("x"), 7), Path::new(".x.7.compact"));
+    }
+
+    #[test]
+    fn start_up_removes_only_this_data_files_leftovers() {
+        let dir = dir("leftovers");
+        let path = dir.join("d.txt");
+        let others = [
+            "d.compact",
+            ".d.txt.compact",
+            ".d.txt.12x.compact",
+            ".e.txt.12.compact",
+            ".d.txt.12.compact.bak",
+        ];
+        for other in others {
+            fs::write(dir.join(other), "keep").unwrap();
+        }
+        fs::write(dir.join(".d.txt.12.compact"), "half").unwrap();
+        let (_, _, report) = Journal::open(&path, Fsync::No, i64::MIN).unwrap();
+        assert_eq!(report.leftovers, vec![dir.join(".d.txt.12.compact")]);
+        assert!(!dir.join(".d.txt.12.compact").exists());
+        for other in others {
+            assert_eq!(fs::read_to_string(dir.join(other)).unwrap(), "keep");
+        }
+    }
+
+    #[test]
+    fn a_removed_or_replaced_file_is_noticed() {
+        let dir = dir("lost");
+        let path = dir.join("d.txt");
+        let (_, journal, _) = Journal::open(&path, Fsync::No, i64::MIN).unwrap();
+        assert_eq!(journal.lost(), None);
+        fs::remove_file(&path).unwrap();
+        assert_eq!(journal.lost(), Some("it was removed or renamed"));
+        fs::write(&path, "x 1.0 1\n").unwrap();
+        assert_eq!(journal.lost(), Some("another file replaced it"));
     }
 }

@@ -41,6 +41,8 @@ pub mod server;
 pub(crate) mod bench;
 pub(crate) mod bulk;
 mod cli;
+mod codec;
+mod codec_stub;
 mod connection;
 mod db;
 mod journal;

@@ -41,6 +41,10 @@ pub struct Config {
     pub fsync: Fsync,
     /// Forget points older than this; `None` (the default) keeps everything.
     pub retention: Option<Duration>,
+    /// Most bytes the store may hold (points, names, indexes); puts that would add more are
+    /// refused with `memory limit reached`. `None` is no limit. The default is half of the
+    /// machine's memory (see [`default_max_memory`]).
+    pub max_memory: Option<usize>,
 }
 
 impl Default for Config {
@@ -55,8 +59,26 @@ impl Default for Config {
             data: None,
             fsync: Fsync::EverySec,
             retention: None,
+            max_memory: default_max_memory(),
         }
     }
+}
+
+/// Half of the machine's physical memory (`MemTotal` in `/proc/meminfo`), or `None` where that
+/// cannot be read. Half, because the store's count leaves out the allocator's slack, connection
+/// buffers and the page cache the data file needs: refusing puts there keeps the process far
+/// from the point where the OS kills it and every point in memory is lost.
+pub fn default_max_memory() -> Option<usize> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: usize = meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib / 2 * 1024)
 }
 
 /// Why the server could not start.
@@ -125,6 +147,7 @@ impl Server {
             data: config.data.as_deref(),
             fsync: config.fsync,
             retention: config.retention,
+            max_memory: config.max_memory,
         })
         .map_err(|e| {
             // What was logged while loading is out before the caller reports the failure.

@@ -1,31 +1,65 @@
 //! The in-memory store: plain data, no locks, no I/O, no panics on any input.
 //!
-//! Each metric owns a series of points sorted by timestamp, kept in chunks of at most
-//! [`CHUNK_POINTS`] points. A chunk stores its timestamps as `u32` offsets from a base, packed
-//! beside the value's bits in one array, so a point costs 12 bytes (4 + 8) instead of 16, and
-//! appending in time order never copies more than one chunk. Chunks sit behind `Arc`s: a
-//! [`Snapshot`] for a `get` only bumps reference counts, so the server can hold the lock for
-//! microseconds and format the reply after releasing it. A writer that later changes a chunk a
-//! snapshot still shares copies that one chunk first.
+//! Each metric owns a series: sealed blocks of compressed points ([`codec`](crate::codec)),
+//! sorted and not overlapping, then an uncompressed head of the newest points. Appends go to
+//! the head; when it is full its oldest [`BLOCK_POINTS`] points are sealed into a block, and
+//! the newest few stay so that points arriving slightly late (connections interleaving on one
+//! series) are still cheap. A point older than the head goes into the one block whose span
+//! covers it (found by binary search), which is decoded, changed and encoded again: O(log n)
+//! plus one block, whatever the order or spacing of timestamps.
 //!
-//! Timestamps more than 2^32 seconds (136 years) apart cannot share a chunk, so points spread
-//! that widely cost a chunk each: correct, just not compact.
+//! Blocks sit behind `Arc`s: a read takes [`SeriesSnapshot`]s that share them (reference
+//! counts, no copies) plus a copy of at most one head, so the lock is held for microseconds and
+//! formatting happens after it is released. A writer that changes a block replaces it; readers
+//! keep the old one.
+//!
+//! Names are found by hash in a sharded index, so no single table ever grows by more than a
+//! small step, and are kept sorted in a B-tree for `get *`, which reads in steps from a cursor.
+//! Every byte held is counted ([`Store::memory_bytes`]) and can be capped
+//! ([`Store::set_memory_limit`]).
 
-use crate::protocol::Selector;
-use std::collections::HashMap;
-use std::ops::Range;
+use crate::codec_stub::Block;
+use std::collections::hash_map::RandomState;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+use std::ops::{Bound, RangeInclusive};
 use std::sync::Arc;
 
-/// The most points one chunk holds; a full chunk is about 12 KiB.
-pub const CHUNK_POINTS: usize = 1024;
+/// Points sealed into one block when the head fills.
+pub const BLOCK_POINTS: usize = 256;
+/// Newest points kept in the head after sealing, for points that arrive a little late.
+const HEAD_SLACK: usize = 32;
+/// The head is sealed when it grows past this.
+const HEAD_MOST: usize = BLOCK_POINTS + HEAD_SLACK;
+/// A block that grows past this by late inserts is split in two.
+const BLOCK_MOST: usize = 4 * BLOCK_POINTS;
+/// Index shards: growing one rehashes at most 1/64 of the names.
+const SHARDS: usize = 64;
+/// What one series costs besides its points: the slab slot, the name's allocation header,
+/// the B-tree and index entries (estimated from their layouts).
+const SERIES_BYTES: usize = size_of::<Option<Series>>() + 16 + 32 + 24;
+/// What one block costs besides its encoded bytes: the `Arc`'s counters and allocation.
+const BLOCK_BYTES: usize = 16 + size_of::<Block>() + size_of::<Sealed>();
 
-/// All metrics, by name. A hash map makes a put's lookup one hash (std's keyed SipHash, so
-/// clients cannot flood one bucket with chosen names); `get *` sorts the names of its snapshot
-/// after the lock is released.
+type Sealed = Arc<Block>;
+
+/// All metrics. See the module docs.
 #[derive(Debug, Default)]
 pub struct Store {
-    series: HashMap<Arc<str>, Series>,
+    /// Name hash to slot, in shards chosen by hash bits that the shard's own table does not
+    /// use. A name whose hash collides with another's (astronomically rare with a keyed hash)
+    /// lives in `collisions`.
+    shards: Vec<HashMap<u64, u32, BuildHasherDefault<Identity>>>,
+    collisions: HashMap<Arc<str>, u32>,
+    hasher: RandomState,
+    /// The series, by slot; freed slots are reused.
+    slots: Vec<Option<Series>>,
+    free: Vec<u32>,
+    /// Every name, sorted, for `get *` and the background sweeps.
+    names: BTreeMap<Arc<str>, u32>,
     points: usize,
+    memory: usize,
+    memory_limit: Option<usize>,
 }
 
 /// What a put did to the store.
@@ -37,63 +71,44 @@ pub enum Put {
     Replaced,
 }
 
+/// A put refused because the store holds its memory limit: it would add a point or a metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryFull;
+
+/// A hasher for keys that are already hashes.
+#[derive(Debug, Default)]
+struct Identity(u64);
+
+impl Hasher for Identity {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u64 keys are hashed here; fold anything else rather than panic.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
 impl Store {
     /// An empty store.
     pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Stores `value` for `metric` at `timestamp`, replacing any value already at that second.
-    /// Allocates only for a new metric or when a chunk grows.
-    pub fn put(&mut self, metric: &str, value: f64, timestamp: i64) -> Put {
-        let outcome = match self.series.get_mut(metric) {
-            Some(series) => series.insert(timestamp, value),
-            None => {
-                let mut series = Series::default();
-                series.insert(timestamp, value);
-                self.series.insert(Arc::from(metric), series);
-                Put::Added
-            }
-        };
-        if outcome == Put::Added {
-            self.points += 1;
+        Store {
+            shards: (0..SHARDS).map(|_| HashMap::default()).collect(),
+            ..Store::default()
         }
-        outcome
     }
 
-    /// The points of the selected metrics with timestamps at or after `since`, as a snapshot
-    /// that owns its data. Costs one reference count per metric and chunk, not a copy of the
-    /// points. An unknown metric gives an empty snapshot and creates nothing.
-    pub fn snapshot(&self, selector: Selector<'_>, since: i64) -> Snapshot {
-        let mut snapshot = Snapshot {
-            since,
-            ..Snapshot::default()
-        };
-        match selector {
-            Selector::All => {
-                for (name, series) in &self.series {
-                    snapshot.add(name, series);
-                }
-            }
-            Selector::Metric(name) => {
-                if let Some((name, series)) = self.series.get_key_value(name) {
-                    snapshot.add(name, series);
-                }
-            }
-        }
-        snapshot
-    }
-
-    /// Removes every point with a timestamp before `cutoff`, and metrics left with no points.
-    /// Returns how many points were removed.
-    pub fn expire_before(&mut self, cutoff: i64) -> usize {
-        let mut removed = 0;
-        self.series.retain(|_, series| {
-            removed += series.expire_before(cutoff);
-            series.len > 0
-        });
-        self.points -= removed;
-        removed
+    /// Caps [`memory_bytes`](Store::memory_bytes): at or over it, puts that would add a point
+    /// or a metric are refused; overwrites, reads and expiry go on. `None` removes the cap.
+    pub fn set_memory_limit(&mut self, limit: Option<usize>) {
+        self.memory_limit = limit;
     }
 
     /// How many points are stored.
@@ -103,287 +118,445 @@ impl Store {
 
     /// How many metrics are stored.
     pub fn metrics(&self) -> usize {
-        self.series.len()
+        self.names.len()
     }
 
-    /// Heap bytes held for points: chunk arrays, chunk headers and each series' chunk list
-    /// (not the allocator's own overhead, names or the hash table).
-    pub fn point_bytes(&self) -> usize {
-        self.series
-            .values()
-            .map(|series| {
-                series.chunks.capacity() * size_of::<Arc<Chunk>>()
-                    + series
-                        .chunks
-                        .iter()
-                        .map(|c| {
-                            // The Arc's two counters, the chunk itself, and its arrays.
-                            2 * size_of::<usize>()
-                                + size_of::<Chunk>()
-                                + c.points.capacity() * size_of::<Packed>()
-                        })
-                        .sum::<usize>()
-            })
-            .sum()
+    /// Bytes the store holds for its data: compressed blocks, heads, names and indexes (not the
+    /// allocator's own overhead).
+    pub fn memory_bytes(&self) -> usize {
+        self.memory + self.slots.capacity() * size_of::<Option<Series>>()
+    }
+
+    fn full(&self) -> bool {
+        self.memory_limit
+            .is_some_and(|limit| self.memory_bytes() >= limit)
+    }
+
+    fn hash(&self, name: &str) -> u64 {
+        self.hasher.hash_one(name)
+    }
+
+    fn shard(hash: u64) -> usize {
+        (hash >> 40) as usize % SHARDS
+    }
+
+    fn slot_of(&self, name: &str, hash: u64) -> Option<u32> {
+        let slot = *self.shards[Self::shard(hash)].get(&hash)?;
+        match &self.slots[slot as usize] {
+            Some(series) if &*series.name == name => Some(slot),
+            _ => self.collisions.get(name).copied(),
+        }
+    }
+
+    /// Stores `value` for `metric` at `timestamp`, replacing any value already at that second.
+    ///
+    /// # Errors
+    /// [`MemoryFull`] when the memory limit is reached and the put is not an overwrite.
+    pub fn put(&mut self, metric: &str, value: f64, timestamp: i64) -> Result<Put, MemoryFull> {
+        let hash = self.hash(metric);
+        let full = self.full();
+        let slot = match self.slot_of(metric, hash) {
+            Some(slot) => slot,
+            None if full => return Err(MemoryFull),
+            None => self.add_series(metric, hash),
+        };
+        let Some(series) = self.slots[slot as usize].as_mut() else {
+            return Err(MemoryFull);
+        };
+        if full && !series.contains(timestamp) {
+            return Err(MemoryFull);
+        }
+        let before = series.bytes();
+        let outcome = series.insert(timestamp, value);
+        self.memory = self.memory + series.bytes() - before;
+        if outcome == Put::Added {
+            self.points += 1;
+        }
+        Ok(outcome)
+    }
+
+    fn add_series(&mut self, metric: &str, hash: u64) -> u32 {
+        let name: Arc<str> = Arc::from(metric);
+        let series = Series::new(Arc::clone(&name));
+        self.memory += series.bytes();
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot as usize] = Some(series);
+                slot
+            }
+            None => {
+                self.slots.push(Some(series));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let shard = &mut self.shards[Self::shard(hash)];
+        if shard.contains_key(&hash) {
+            self.collisions.insert(Arc::clone(&name), slot);
+        } else {
+            shard.insert(hash, slot);
+        }
+        self.names.insert(name, slot);
+        slot
+    }
+
+    fn remove_series(&mut self, slot: u32) {
+        let Some(series) = self.slots[slot as usize].take() else {
+            return;
+        };
+        self.memory -= series.bytes();
+        self.points -= series.len;
+        self.names.remove(&series.name);
+        if self.collisions.remove(&series.name).is_none() {
+            let hash = self.hash(&series.name);
+            let shard = &mut self.shards[Self::shard(hash)];
+            shard.remove(&hash);
+            // A name that collided with this one takes its place in the shard.
+            let heir = self
+                .collisions
+                .iter()
+                .find(|(name, _)| self.hasher.hash_one(&***name) == hash)
+                .map(|(name, &slot)| (Arc::clone(name), slot));
+            if let Some((name, heir)) = heir {
+                self.collisions.remove(&name);
+                shard.insert(hash, heir);
+            }
+        }
+        self.free.push(slot);
+    }
+
+    /// The points of `metric` with timestamps in `range`, or `None` for an unknown metric.
+    /// Costs a reference count per block in range and a copy of the head's points in range.
+    pub fn read(&self, metric: &str, range: RangeInclusive<i64>) -> Option<SeriesSnapshot> {
+        let slot = self.slot_of(metric, self.hash(metric))?;
+        let series = self.slots[slot as usize].as_ref()?;
+        Some(series.snapshot(range))
+    }
+
+    /// The next series after `after` in name order (from the first with `None`) that have
+    /// points in `range`, until about `budget` points or series have been taken: one step of a
+    /// `get *`, so the lock is held briefly however large the store. An empty result means the
+    /// end.
+    pub fn read_after(
+        &self,
+        after: Option<&str>,
+        range: RangeInclusive<i64>,
+        budget: usize,
+    ) -> Vec<SeriesSnapshot> {
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut taken = Vec::new();
+        let mut cost = 0;
+        for (_, &slot) in self.names.range::<str, _>((start, Bound::Unbounded)) {
+            let Some(series) = self.slots[slot as usize].as_ref() else {
+                continue;
+            };
+            // Visiting a series costs something even when it has nothing in range.
+            cost += 1 + series.len / BLOCK_POINTS.max(1);
+            let snapshot = series.snapshot(range.clone());
+            if snapshot.is_empty() {
+                if cost >= budget {
+                    // Nothing taken yet, but keep the step short: return the cursor's place
+                    // as an empty snapshot of this series.
+                    taken.push(snapshot);
+                    break;
+                }
+                continue;
+            }
+            cost += snapshot.len_estimate();
+            taken.push(snapshot);
+            if cost >= budget {
+                break;
+            }
+        }
+        taken
+    }
+
+    /// Removes points with timestamps before `cutoff` from the series after `after` in name
+    /// order, visiting at most `budget` series, and drops series left empty. Returns how many
+    /// points went and where to go on from (`None`: the sweep is done).
+    pub fn expire_after(
+        &mut self,
+        after: Option<&str>,
+        cutoff: i64,
+        budget: usize,
+    ) -> (usize, Option<Arc<str>>) {
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let visit: Vec<(Arc<str>, u32)> = self
+            .names
+            .range::<str, _>((start, Bound::Unbounded))
+            .take(budget.max(1))
+            .map(|(name, &slot)| (Arc::clone(name), slot))
+            .collect();
+        let next = (visit.len() == budget.max(1))
+            .then(|| visit.last().map(|(name, _)| Arc::clone(name)))
+            .flatten();
+        let mut removed = 0;
+        for (_, slot) in visit {
+            let Some(series) = self.slots[slot as usize].as_mut() else {
+                continue;
+            };
+            let before = series.bytes();
+            let gone = series.expire_before(cutoff);
+            let after = series.bytes();
+            let empty = series.len == 0;
+            self.memory = self.memory + after - before;
+            self.points -= gone;
+            removed += gone;
+            if empty {
+                self.remove_series(slot);
+            }
+        }
+        (removed, next)
+    }
+
+    /// Removes every point before `cutoff` at once; for tests and start-up.
+    #[cfg(test)]
+    pub fn expire_before(&mut self, cutoff: i64) -> usize {
+        let (mut removed, mut cursor) = (0, None);
+        loop {
+            let (gone, next) = self.expire_after(cursor.as_deref(), cutoff, 1000);
+            removed += gone;
+            match next {
+                Some(next) => cursor = Some(next),
+                None => return removed,
+            }
+        }
     }
 }
 
-/// One metric's points, in chunks sorted by time that do not overlap.
-#[derive(Debug, Default)]
+/// One metric's points. See the module docs.
+#[derive(Debug)]
 struct Series {
-    chunks: Vec<Arc<Chunk>>,
+    name: Arc<str>,
+    /// Sealed blocks, sorted, not overlapping, all older than the head.
+    blocks: Vec<Sealed>,
+    /// The newest points, sorted by timestamp.
+    head: Vec<(i64, f64)>,
     len: usize,
+    /// Bytes of the blocks, with their per-block overhead.
+    block_bytes: usize,
 }
 
 impl Series {
-    fn insert(&mut self, timestamp: i64, value: f64) -> Put {
-        // The common case first: a new latest point that fits the last chunk.
-        if let Some(last) = self.chunks.last_mut() {
-            if last.last() < timestamp && last.can_append(timestamp) {
-                Arc::make_mut(last).push(timestamp, value);
-                self.len += 1;
-                return Put::Added;
-            }
+    fn new(name: Arc<str>) -> Self {
+        Series {
+            name,
+            blocks: Vec::new(),
+            head: Vec::new(),
+            len: 0,
+            block_bytes: 0,
         }
-        let count = self.chunks.len();
-        // The index of the first chunk that ends at or after `timestamp`; appends skip the search.
-        let at = match self.chunks.last() {
-            None => 0,
-            Some(last) if last.last() < timestamp => count,
-            Some(_) => self.chunks.partition_point(|c| c.last() < timestamp),
-        };
-        if at < count && self.chunks[at].first() <= timestamp {
-            return self.insert_within(at, timestamp, value);
-        }
-        // `timestamp` falls in the gap before chunk `at`: extend a neighbour, or start a chunk.
-        self.len += 1;
-        if at > 0 && self.chunks[at - 1].can_append(timestamp) {
-            Arc::make_mut(&mut self.chunks[at - 1]).insert(timestamp, value);
-        } else if at < count && self.chunks[at].can_prepend(timestamp) {
-            Arc::make_mut(&mut self.chunks[at]).insert(timestamp, value);
+    }
+
+    fn bytes(&self) -> usize {
+        SERIES_BYTES
+            + self.name.len()
+            + self.head.capacity() * size_of::<(i64, f64)>()
+            + self.blocks.capacity() * size_of::<Sealed>()
+            + self.block_bytes
+    }
+
+    /// The newest sealed timestamp: points after it belong in the head.
+    fn sealed_until(&self) -> Option<i64> {
+        self.blocks.last().map(|b| b.last())
+    }
+
+    /// The block a timestamp at or before [`sealed_until`](Series::sealed_until) belongs in:
+    /// the one covering it, or a neighbour of the gap it falls in.
+    fn block_for(&self, timestamp: i64) -> usize {
+        let at = self.blocks.partition_point(|b| b.last() < timestamp);
+        let at = at.min(self.blocks.len() - 1);
+        if at > 0
+            && self.blocks[at].first() > timestamp
+            && self.blocks[at - 1].len() < self.blocks[at].len()
+        {
+            at - 1
         } else {
-            // A series that already filled a chunk is long-lived: give the next one full size.
-            let capacity = if at == count && self.len > CHUNK_POINTS {
-                CHUNK_POINTS
-            } else {
-                1
-            };
-            let mut chunk = Chunk::new(timestamp, capacity);
-            chunk.insert(timestamp, value);
-            self.chunks.insert(at, Arc::new(chunk));
+            at
+        }
+    }
+
+    fn contains(&self, timestamp: i64) -> bool {
+        match self.sealed_until() {
+            Some(until) if timestamp <= until => {
+                let block = &self.blocks[self.block_for(timestamp)];
+                block.first() <= timestamp && block.iter().any(|(t, _)| t == timestamp)
+            }
+            _ => self
+                .head
+                .binary_search_by_key(&timestamp, |&(t, _)| t)
+                .is_ok(),
+        }
+    }
+
+    fn insert(&mut self, timestamp: i64, value: f64) -> Put {
+        let outcome = match self.sealed_until() {
+            Some(until) if timestamp <= until => self.insert_sealed(timestamp, value),
+            _ => self.insert_head(timestamp, value),
+        };
+        if outcome == Put::Added {
+            self.len += 1;
+        }
+        outcome
+    }
+
+    fn insert_head(&mut self, timestamp: i64, value: f64) -> Put {
+        // Appends, by far the most common case, skip the search.
+        let at = match self.head.last() {
+            Some(&(last, _)) if last < timestamp => self.head.len(),
+            _ => match self.head.binary_search_by_key(&timestamp, |&(t, _)| t) {
+                Ok(at) => {
+                    self.head[at].1 = value;
+                    return Put::Replaced;
+                }
+                Err(at) => at,
+            },
+        };
+        if self.head.len() == self.head.capacity() {
+            // Small series stay small; a busy one's head settles at its most.
+            let grown = (self.head.len() * 2).clamp(4, HEAD_MOST + 1);
+            self.head.reserve_exact(grown - self.head.len());
+        }
+        self.head.insert(at, (timestamp, value));
+        if self.head.len() > HEAD_MOST {
+            self.seal();
         }
         Put::Added
     }
 
-    /// Inserts into chunk `at`, whose span covers `timestamp`.
-    fn insert_within(&mut self, at: usize, timestamp: i64, value: f64) -> Put {
-        let position = self.chunks[at].position(timestamp);
-        if let Ok(index) = position {
-            let point = &mut Arc::make_mut(&mut self.chunks[at]).points[index];
-            *point = Packed::new(point.offset, value);
-            return Put::Replaced;
-        }
-        if self.chunks[at].len() == CHUNK_POINTS {
-            let right = Arc::make_mut(&mut self.chunks[at]).split_off(CHUNK_POINTS / 2);
-            let target = if timestamp < right.first() {
-                at
-            } else {
-                at + 1
-            };
-            self.chunks.insert(at + 1, Arc::new(right));
-            Arc::make_mut(&mut self.chunks[target]).insert(timestamp, value);
+    /// Moves the head's oldest points into a new block.
+    fn seal(&mut self) {
+        let block = Block::encode(&self.head[..BLOCK_POINTS]);
+        self.block_bytes += block.heap_bytes() + BLOCK_BYTES;
+        self.head.drain(..BLOCK_POINTS);
+        self.blocks.push(Arc::new(block));
+    }
+
+    fn insert_sealed(&mut self, timestamp: i64, value: f64) -> Put {
+        let at = self.block_for(timestamp);
+        let mut points = Vec::with_capacity(self.blocks[at].len() + 1);
+        self.blocks[at].decode_into(&mut points);
+        let outcome = match points.binary_search_by_key(&timestamp, |&(t, _)| t) {
+            Ok(i) => {
+                points[i].1 = value;
+                Put::Replaced
+            }
+            Err(i) => {
+                points.insert(i, (timestamp, value));
+                Put::Added
+            }
+        };
+        let replaced = if points.len() > BLOCK_MOST {
+            let half = points.len() / 2;
+            vec![Block::encode(&points[..half]), Block::encode(&points[half..])]
         } else {
-            Arc::make_mut(&mut self.chunks[at]).insert(timestamp, value);
+            vec![Block::encode(&points)]
+        };
+        self.replace_block(at, replaced);
+        outcome
+    }
+
+    /// Puts `blocks` where block `at` was (none: it is removed).
+    fn replace_block(&mut self, at: usize, blocks: Vec<Block>) {
+        let old = self.blocks[at].heap_bytes() + BLOCK_BYTES;
+        self.block_bytes -= old;
+        for block in &blocks {
+            self.block_bytes += block.heap_bytes() + BLOCK_BYTES;
         }
-        self.len += 1;
-        Put::Added
+        self.blocks
+            .splice(at..=at, blocks.into_iter().map(Arc::new));
     }
 
     fn expire_before(&mut self, cutoff: i64) -> usize {
-        let whole = self.chunks.partition_point(|c| c.last() < cutoff);
-        let mut removed: usize = self.chunks.drain(..whole).map(|c| c.len()).sum();
-        if let Some(first) = self.chunks.first_mut() {
-            if first.first() < cutoff {
-                removed += Arc::make_mut(first).remove_before(cutoff);
-            }
+        let whole = self.blocks.partition_point(|b| b.last() < cutoff);
+        let mut removed = 0;
+        for block in self.blocks.drain(..whole) {
+            removed += block.len();
+            self.block_bytes -= block.heap_bytes() + BLOCK_BYTES;
+        }
+        if self.blocks.first().is_some_and(|b| b.first() < cutoff) {
+            let mut points = Vec::with_capacity(self.blocks[0].len());
+            self.blocks[0].decode_into(&mut points);
+            let keep = points.partition_point(|&(t, _)| t < cutoff);
+            removed += keep;
+            let rest = &points[keep..];
+            let replaced = if rest.is_empty() {
+                Vec::new()
+            } else {
+                vec![Block::encode(rest)]
+            };
+            self.replace_block(0, replaced);
+        }
+        let head_gone = self.head.partition_point(|&(t, _)| t < cutoff);
+        self.head.drain(..head_gone);
+        removed += head_gone;
+        if self.head.is_empty() {
+            self.head = Vec::new();
+        }
+        if self.blocks.is_empty() {
+            self.blocks = Vec::new();
         }
         self.len -= removed;
         removed
     }
-}
 
-/// One point in 12 bytes: the offset of its timestamp from the chunk's base, and the value's
-/// bits as two halves, so that the array needs only 4-byte alignment.
-#[derive(Debug, Clone, Copy)]
-struct Packed {
-    offset: u32,
-    bits: [u32; 2],
-}
-
-impl Packed {
-    fn new(offset: u32, value: f64) -> Self {
-        let bits = value.to_bits();
-        Packed {
-            offset,
-            bits: [bits as u32, (bits >> 32) as u32],
-        }
-    }
-
-    fn with_offset(self, offset: u32) -> Self {
-        Packed { offset, ..self }
-    }
-
-    fn value(&self) -> f64 {
-        f64::from_bits(u64::from(self.bits[0]) | u64::from(self.bits[1]) << 32)
-    }
-}
-
-/// Up to [`CHUNK_POINTS`] points sorted by time, timestamps stored as offsets from `base`.
-#[derive(Debug, Clone)]
-pub struct Chunk {
-    base: i64,
-    points: Vec<Packed>,
-}
-
-impl Chunk {
-    fn new(base: i64, capacity: usize) -> Self {
-        Chunk {
-            base,
-            points: Vec::with_capacity(capacity),
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.points.len()
-    }
-
-    fn timestamp(&self, index: usize) -> i64 {
-        self.base + i64::from(self.points[index].offset)
-    }
-
-    // Chunks in a series are never empty.
-    fn first(&self) -> i64 {
-        self.timestamp(0)
-    }
-
-    fn last(&self) -> i64 {
-        self.timestamp(self.len() - 1)
-    }
-
-    fn offset(&self, timestamp: i64) -> Option<u32> {
-        u32::try_from(i128::from(timestamp) - i128::from(self.base)).ok()
-    }
-
-    fn can_append(&self, timestamp: i64) -> bool {
-        self.len() < CHUNK_POINTS && self.offset(timestamp).is_some()
-    }
-
-    /// Whether `timestamp`, earlier than every point here, fits once the base moves down to it.
-    fn can_prepend(&self, timestamp: i64) -> bool {
-        self.len() < CHUNK_POINTS
-            && u32::try_from(i128::from(self.last()) - i128::from(timestamp)).is_ok()
-    }
-
-    fn position(&self, timestamp: i64) -> Result<usize, usize> {
-        match self.offset(timestamp) {
-            Some(offset) => self.points.binary_search_by_key(&offset, |p| p.offset),
-            None if timestamp < self.base => Err(0),
-            None => Err(self.len()),
-        }
-    }
-
-    /// Appends a point later than all here; the caller has checked that it fits.
-    fn push(&mut self, timestamp: i64, value: f64) {
-        self.reserve_one();
-        self.points
-            .push(Packed::new((timestamp - self.base) as u32, value));
-    }
-
-    /// Room for one more point: doubling up to a full chunk, and never past it.
-    fn reserve_one(&mut self) {
-        if self.points.len() == self.points.capacity() {
-            let extra = self.len().max(4).min(CHUNK_POINTS - self.len());
-            self.points.reserve_exact(extra);
-        }
-    }
-
-    /// Inserts a point not yet present; the caller has checked that it fits.
-    fn insert(&mut self, timestamp: i64, value: f64) {
-        if timestamp < self.base {
-            let shift = (self.base - timestamp) as u32;
-            for point in &mut self.points {
-                point.offset += shift;
-            }
-            self.base = timestamp;
-        }
-        let offset = (timestamp - self.base) as u32;
-        // Appends, by far the most common case, skip the search.
-        let index = match self.points.last() {
-            Some(last) if last.offset < offset => self.len(),
-            _ => self
-                .points
-                .binary_search_by_key(&offset, |p| p.offset)
-                .unwrap_or_else(|i| i),
+    fn snapshot(&self, range: RangeInclusive<i64>) -> SeriesSnapshot {
+        let (from, to) = (*range.start(), *range.end());
+        let (blocks, head) = if from > to {
+            (Vec::new(), Vec::new())
+        } else {
+            let start = self.blocks.partition_point(|b| b.last() < from);
+            let end = self.blocks.partition_point(|b| b.first() <= to);
+            let head_start = self.head.partition_point(|&(t, _)| t < from);
+            let head_end = self.head.partition_point(|&(t, _)| t <= to);
+            (
+                self.blocks[start..end.max(start)].to_vec(),
+                self.head[head_start..head_end.max(head_start)].to_vec(),
+            )
         };
-        self.reserve_one();
-        self.points.insert(index, Packed::new(offset, value));
-    }
-
-    /// Moves points `at..` into a new chunk based at its first timestamp.
-    fn split_off(&mut self, at: usize) -> Chunk {
-        let base = self.timestamp(at);
-        let shift = (base - self.base) as u32;
-        let mut right = Chunk::new(base, CHUNK_POINTS);
-        right.points.extend(
-            self.points
-                .drain(at..)
-                .map(|p| p.with_offset(p.offset - shift)),
-        );
-        right
-    }
-
-    fn remove_before(&mut self, cutoff: i64) -> usize {
-        let count = self.position(cutoff).unwrap_or_else(|i| i);
-        self.points.drain(..count);
-        count
-    }
-}
-
-/// Points selected from the store, owned: a reply's data, taken under the lock and read after.
-#[derive(Debug, Default, Clone)]
-pub struct Snapshot {
-    // Each name with its run of `chunks`.
-    names: Vec<(Arc<str>, Range<usize>)>,
-    chunks: Vec<Arc<Chunk>>,
-    since: i64,
-    sorted: bool,
-}
-
-impl Snapshot {
-    fn add(&mut self, name: &Arc<str>, series: &Series) {
-        let start = self.chunks.len();
-        self.chunks.extend(series.chunks.iter().cloned());
-        self.names
-            .push((Arc::clone(name), start..self.chunks.len()));
-    }
-
-    /// Every point as `(metric, value, timestamp)`, sorted by metric name (bytes) and then by
-    /// timestamp. The first call sorts the names, so make it after releasing the store's lock.
-    pub fn iter(&mut self) -> impl Iterator<Item = (&str, f64, i64)> + '_ {
-        if !self.sorted {
-            self.names.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-            self.sorted = true;
+        SeriesSnapshot {
+            name: Arc::clone(&self.name),
+            blocks,
+            head,
+            from,
+            to,
         }
-        let (names, chunks, since) = (&self.names, &self.chunks, self.since);
-        names.iter().flat_map(move |(name, range)| {
-            chunks[range.clone()].iter().flat_map(move |chunk| {
-                chunk
-                    .points
-                    .iter()
-                    .map(move |p| (&**name, p.value(), chunk.base + i64::from(p.offset)))
-                    .filter(move |&(_, _, timestamp)| timestamp >= since)
-            })
-        })
+    }
+}
+
+/// One metric's points in a time range, owned: taken under the lock, read after it.
+#[derive(Debug, Clone)]
+pub struct SeriesSnapshot {
+    name: Arc<str>,
+    blocks: Vec<Sealed>,
+    head: Vec<(i64, f64)>,
+    from: i64,
+    to: i64,
+}
+
+impl SeriesSnapshot {
+    /// The metric's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether no point is in range.
+    pub fn is_empty(&self) -> bool {
+        self.blocks.is_empty() && self.head.is_empty()
+    }
+
+    /// Points held, counting whole blocks (some of their points may be out of range).
+    pub fn len_estimate(&self) -> usize {
+        self.blocks.iter().map(|b| b.len()).sum::<usize>() + self.head.len()
+    }
+
+    /// The points in range as `(timestamp, value)`, oldest first.
+    pub fn points(&self) -> impl Iterator<Item = (i64, f64)> + '_ {
+        let (from, to) = (self.from, self.to);
+        self.blocks
+            .iter()
+            .flat_map(|block| block.iter())
+            .filter(move |&(t, _)| from <= t && t <= to)
+            .chain(self.head.iter().copied())
     }
 }
 
@@ -392,28 +565,46 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap;
 
+    const ALL: RangeInclusive<i64> = i64::MIN..=i64::MAX;
+
+    fn put(store: &mut Store, metric: &str, value: f64, timestamp: i64) -> Put {
+        store.put(metric, value, timestamp).unwrap()
+    }
+
     fn all(store: &Store) -> Vec<(String, f64, i64)> {
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let step = store.read_after(cursor.as_deref(), ALL, 100);
+            let Some(last) = step.last() else {
+                return out;
+            };
+            cursor = Some(last.name().to_string());
+            for series in &step {
+                for (t, v) in series.points() {
+                    out.push((series.name().to_string(), v, t));
+                }
+            }
+        }
+    }
+
+    fn series(store: &Store, metric: &str) -> Vec<(i64, f64)> {
         store
-            .snapshot(Selector::All, i64::MIN)
-            .iter()
-            .map(|(m, v, t)| (m.to_string(), v, t))
-            .collect()
+            .read(metric, ALL)
+            .map(|s| s.points().collect())
+            .unwrap_or_default()
     }
 
     fn timestamps(store: &Store, metric: &str) -> Vec<i64> {
-        store
-            .snapshot(Selector::Metric(metric), i64::MIN)
-            .iter()
-            .map(|(_, _, t)| t)
-            .collect()
+        series(store, metric).into_iter().map(|(t, _)| t).collect()
     }
 
     #[test]
     fn put_then_get_returns_points_sorted() {
         let mut store = Store::new();
-        assert_eq!(store.put("b", 2.0, 20), Put::Added);
-        assert_eq!(store.put("a", 1.0, 10), Put::Added);
-        assert_eq!(store.put("b", 1.5, 10), Put::Added);
+        assert_eq!(put(&mut store, "b", 2.0, 20), Put::Added);
+        assert_eq!(put(&mut store, "a", 1.0, 10), Put::Added);
+        assert_eq!(put(&mut store, "b", 1.5, 10), Put::Added);
         assert_eq!(
             all(&store),
             vec![
@@ -428,8 +619,8 @@ mod tests {
     #[test]
     fn same_timestamp_replaces_the_value() {
         let mut store = Store::new();
-        store.put("m", 1.0, 5);
-        assert_eq!(store.put("m", 2.0, 5), Put::Replaced);
+        put(&mut store, "m", 1.0, 5);
+        assert_eq!(put(&mut store, "m", 2.0, 5), Put::Replaced);
         assert_eq!(all(&store), vec![("m".into(), 2.0, 5)]);
         assert_eq!(store.points(), 1);
     }
@@ -437,13 +628,7 @@ mod tests {
     #[test]
     fn unknown_metric_is_empty_and_not_created() {
         let store = Store::new();
-        assert_eq!(
-            store
-                .snapshot(Selector::Metric("x"), i64::MIN)
-                .iter()
-                .count(),
-            0
-        );
+        assert!(store.read("x", ALL).is_none());
         assert_eq!(store.metrics(), 0);
     }
 
@@ -458,59 +643,52 @@ mod tests {
             } else {
                 Put::Added
             };
-            assert_eq!(store.put("m", value, ts), expected);
+            assert_eq!(put(&mut store, "m", value, ts), expected);
         }
-        let got: Vec<(i64, f64)> = store
-            .snapshot(Selector::Metric("m"), i64::MIN)
-            .iter()
-            .map(|(_, v, t)| (t, v))
-            .collect();
+        let got = series(&store, "m");
         assert_eq!(got, model.into_iter().collect::<Vec<_>>());
         assert_eq!(store.points(), got.len());
     }
 
+    fn lcg(seed: &mut u64) -> u64 {
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        *seed
+    }
+
     #[test]
-    fn appends_in_order_fill_chunks() {
+    fn appends_in_order_fill_blocks() {
         check_against_model(0..5000);
-        check_against_model((0..3000).map(|t| t * 1_000_000));
+        check_against_model((0..3000).map(|t| t * 1_000_000_000));
     }
 
     #[test]
     fn out_of_order_and_overwrites_stay_sorted() {
         check_against_model((0..5000).rev());
         let mut seed = 12345u64;
-        check_against_model((0..20_000).map(|_| {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (seed >> 33) as i64 % 7000
-        }));
+        check_against_model((0..20_000).map(|_| (lcg(&mut seed) >> 33) as i64 % 7000));
     }
 
     #[test]
-    fn extreme_timestamps_get_chunks_of_their_own() {
+    fn extreme_timestamps_stay_exact() {
         check_against_model([i64::MAX, i64::MIN, 0, -1, 1, i64::MAX - 1, i64::MIN + 1, 0]);
         let mut seed = 99u64;
-        check_against_model((0..3000).map(|_| {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            seed as i64
-        }));
+        check_against_model((0..3000).map(|_| lcg(&mut seed) as i64));
     }
 
     #[test]
     fn snapshot_is_unchanged_by_later_writes() {
         let mut store = Store::new();
         for t in 0..2000 {
-            store.put("m", 1.0, t);
+            put(&mut store, "m", 1.0, t);
         }
-        let mut snapshot = store.snapshot(Selector::All, i64::MIN);
-        store.put("m", 9.0, 5);
-        store.put("m", 9.0, 5000);
-        store.put("n", 9.0, 1);
-        assert_eq!(snapshot.iter().count(), 2000);
-        assert!(snapshot.iter().all(|(m, v, _)| m == "m" && v == 1.0));
+        let snapshot = store.read("m", ALL).unwrap();
+        put(&mut store, "m", 9.0, 5);
+        put(&mut store, "m", 9.0, 5000);
+        put(&mut store, "n", 9.0, 1);
+        assert_eq!(snapshot.points().count(), 2000);
+        assert!(snapshot.points().all(|(_, v)| v == 1.0));
         assert_eq!(timestamps(&store, "m").len(), 2001);
     }
 
@@ -518,38 +696,91 @@ mod tests {
     fn expire_removes_old_points_and_empty_metrics() {
         let mut store = Store::new();
         for t in 0..3000 {
-            store.put("m", 1.0, t);
+            put(&mut store, "m", 1.0, t);
         }
-        store.put("old", 1.0, 5);
+        put(&mut store, "old", 1.0, 5);
         assert_eq!(store.expire_before(2500), 2500 + 1);
         assert_eq!(timestamps(&store, "m"), (2500..3000).collect::<Vec<_>>());
         assert_eq!((store.points(), store.metrics()), (500, 1));
-        store.put("m", 2.0, 10);
+        put(&mut store, "m", 2.0, 10);
         assert_eq!(timestamps(&store, "m")[0], 10);
+        assert!(store.read("old", ALL).is_none());
     }
 
     #[test]
-    fn points_in_time_order_cost_at_most_13_bytes_each() {
+    fn ranges_select_exactly_their_points() {
         let mut store = Store::new();
-        for t in 0..10_000 {
-            for m in 0..100 {
-                store.put(&format!("metric.{m}"), 0.5, 1_700_000_000 + t);
+        for t in 0..2000 {
+            put(&mut store, "m", t as f64, t * 10);
+        }
+        let range = |from, to| -> Vec<i64> {
+            store
+                .read("m", from..=to)
+                .unwrap()
+                .points()
+                .map(|(t, _)| t)
+                .collect()
+        };
+        assert_eq!(range(995, 1030), vec![1000, 1010, 1020, 1030]);
+        assert_eq!(range(19_985, i64::MAX), vec![19_990]);
+        assert_eq!(range(i64::MIN, 5), vec![0]);
+        assert!(range(5, 9).is_empty());
+        assert!(range(30, 20).is_empty());
+        assert_eq!(range(i64::MIN, i64::MAX).len(), 2000);
+    }
+
+    #[test]
+    fn read_after_walks_every_series_once_in_name_order() {
+        let mut store = Store::new();
+        for m in 0..500 {
+            for t in 0..(m % 7) * 100 {
+                put(&mut store, &format!("m{m:03}"), 1.0, t);
             }
         }
-        let per_point = store.point_bytes() as f64 / store.points() as f64;
-        assert!(per_point <= 13.0, "{per_point:.2} bytes per point");
-        // A metric with a single point does not pay for a whole chunk.
-        let mut small = Store::new();
-        small.put("one", 1.0, 1);
-        assert!(small.point_bytes() < 200, "{}", small.point_bytes());
+        let got = all(&store);
+        let names: Vec<&str> = got.iter().map(|(m, _, _)| m.as_str()).collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(names, sorted);
+        assert_eq!(got.len(), store.points());
     }
 
     #[test]
-    fn snapshot_since_hides_older_points() {
+    fn the_memory_limit_refuses_new_points_but_not_overwrites() {
         let mut store = Store::new();
-        for t in 0..100 {
-            store.put("m", 1.0, t);
+        put(&mut store, "m", 1.0, 1);
+        store.set_memory_limit(Some(store.memory_bytes()));
+        assert_eq!(store.put("m", 2.0, 2), Err(MemoryFull));
+        assert_eq!(store.put("n", 2.0, 2), Err(MemoryFull));
+        assert_eq!(store.put("m", 3.0, 1), Ok(Put::Replaced));
+        assert_eq!(series(&store, "m"), vec![(1, 3.0)]);
+        store.set_memory_limit(None);
+        assert_eq!(store.put("n", 2.0, 2), Ok(Put::Added));
+    }
+
+    #[test]
+    fn accounting_matches_a_recount_and_returns_to_zero() {
+        let mut store = Store::new();
+        let mut seed = 7u64;
+        for _ in 0..50_000 {
+            let m = lcg(&mut seed) % 50;
+            let t = (lcg(&mut seed) % 20_000) as i64;
+            put(&mut store, &format!("m{m}"), 0.5, t);
         }
-        assert_eq!(store.snapshot(Selector::All, 90).iter().count(), 10);
+        let recount: usize = store.slots.iter().flatten().map(Series::bytes).sum();
+        assert_eq!(store.memory, recount);
+        store.expire_before(i64::MAX);
+        assert_eq!((store.points(), store.metrics(), store.memory), (0, 0, 0));
+    }
+
+    #[test]
+    fn nanosecond_and_far_apart_timestamps_cost_little() {
+        let mut store = Store::new();
+        for i in 0..100_000i64 {
+            put(&mut store, "ns", 0.5, 1_700_000_000_000_000_000 + i * 10_000_000_000);
+            put(&mut store, "far", 0.5, i64::MIN + i * (1 << 40));
+        }
+        let per_point = store.memory_bytes() as f64 / store.points() as f64;
+        assert!(per_point < 8.0, "{per_point:.2} bytes per point");
     }
 }
