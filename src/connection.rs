@@ -4,9 +4,9 @@
 //! lock, and log lines and socket writes after it has released it.
 
 use crate::db::{Applied, Db, Parsed, Reply, MEMORY_LIMIT_REACHED};
-use crate::store::SeriesSnapshot;
-use crate::log::{suppressed_note, RateLimit};
+use crate::log::{self, suppressed_note, RateLimit, Topic};
 use crate::protocol::{self, Request, RequestError};
+use crate::store::SeriesSnapshot;
 use crate::warn;
 use std::collections::TryReserveError;
 use std::fmt;
@@ -22,8 +22,6 @@ pub(crate) struct Limits {
     pub write_timeout: Duration,
 }
 
-/// The reply to a line over the limit, sent before closing.
-pub(crate) const LINE_TOO_LONG: &str = "line too long";
 /// Bytes asked of the socket per read: a connection starts small and grows to the most when
 /// its reads keep filling the buffer (pipelining), since fewer, larger reads cost less.
 const READ_BYTES: usize = 16 * 1024;
@@ -33,6 +31,8 @@ const FLUSH_BYTES: usize = 64 * 1024;
 /// How long, and how many bytes, a connection closed for a bad line is drained before closing.
 const LINGER_TIME: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 1 << 20;
+/// Lines parsed and applied as one batch, at most: bounds the request and reply queues.
+const BATCH_LINES: usize = 1024;
 /// Error lines logged per connection per second; the rest are counted.
 pub(crate) const LOG_LINES_PER_SECOND: u32 = 5;
 
@@ -334,7 +334,7 @@ impl<'a> Connection<'a> {
                 end = Some(End::LineTooLong);
             }
             if matches!(end, Some(End::LineTooLong)) {
-                Reply::push_error(&mut self.output.replies, LINE_TOO_LONG);
+                Reply::push_error(&mut self.output.replies, protocol::LINE_TOO_LONG);
             }
             if let Err(e) = self.output.send(self.db) {
                 return End::WriteFailed(e);
@@ -352,58 +352,93 @@ impl<'a> Connection<'a> {
         let max_line = self.limits.max_line_bytes;
         let mut requests = recycle(std::mem::take(&mut self.requests));
         let mut end = None;
-        while let Some(len) = protocol::find_newline(self.input.pending()) {
-            let line = &self.input.buf[self.input.start..self.input.start + len];
-            if len > max_line {
-                end = Some(End::LineTooLong);
-                break;
-            }
-            match Request::parse(line) {
-                Ok(None) => {}
-                Ok(Some(request)) => requests.push(Ok(request)),
-                Err(_) if is_http(line) => {
-                    // A browser or proxy talking to the wrong port: nothing it sent is applied.
-                    warn!("{} sent an http request; closing", self.peer);
-                    end = Some(End::Http);
+        loop {
+            // At most BATCH_LINES at a time, so a burst of tiny lines cannot make the request
+            // and reply queues large.
+            while requests.len() < BATCH_LINES {
+                let Some(len) = protocol::find_newline(self.input.pending()) else {
+                    break;
+                };
+                let line = &self.input.buf[self.input.start..self.input.start + len];
+                if len > max_line {
+                    end = Some(End::LineTooLong);
                     break;
                 }
-                Err(e) => {
-                    log_bad_request(&mut self.log_limit, self.peer, e, line);
-                    requests.push(Err(e));
+                match Request::parse(line) {
+                    Ok(None) => {}
+                    Ok(Some(Request::Put {
+                        metric,
+                        value,
+                        timestamp,
+                    })) if !protocol::put_fits(metric, value, timestamp, max_line) => {
+                        log_bad_request(
+                            &mut self.log_limit,
+                            self.peer,
+                            RequestError::TooLong,
+                            line,
+                        );
+                        requests.push(Err(RequestError::TooLong));
+                    }
+                    Ok(Some(request)) => requests.push(Ok(request)),
+                    Err(_) if is_http(line) => {
+                        // A browser or proxy talking to the wrong port: nothing it sent is
+                        // applied.
+                        if let Some(suppressed) = log::allow(Topic::Requests) {
+                            warn!(
+                                "{} sent an http request; closing{}",
+                                self.peer,
+                                suppressed_note(suppressed)
+                            );
+                        }
+                        end = Some(End::Http);
+                        break;
+                    }
+                    Err(e) => {
+                        log_bad_request(&mut self.log_limit, self.peer, e, line);
+                        requests.push(Err(e));
+                    }
+                }
+                self.input.start += len + 1;
+            }
+            let full = requests.len() == BATCH_LINES;
+            let mut at = 0;
+            while at < requests.len() {
+                let applied = self.db.apply(&requests[at..], &mut self.output.replies);
+                at += applied.consumed;
+                log_refusals(&mut self.log_limit, self.peer, &applied);
+                if at < requests.len() || full {
+                    self.output.send(self.db)?;
                 }
             }
-            self.input.start += len + 1;
-        }
-        let mut at = 0;
-        while at < requests.len() {
-            let applied = self.db.apply(&requests[at..], &mut self.output.replies);
-            at += applied.consumed;
-            log_refusals(&mut self.log_limit, self.peer, &applied);
-            if at < requests.len() {
-                self.output.send(self.db)?;
+            requests.clear();
+            if !full || end.is_some() {
+                break;
             }
-        }
-        if requests.capacity() > 4096 {
-            requests.shrink_to(1024);
         }
         self.requests = recycle(requests);
         Ok(end)
     }
+}
 
+/// Whether this connection, and all of them together, may log a line about `topic` now; the
+/// note of what both held back.
+fn allow(limit: &mut RateLimit, topic: Topic) -> Option<String> {
+    let own = limit.allow(Instant::now())?;
+    let all = log::allow(topic)?;
+    Some(format!("{}{}", suppressed_note(own), suppressed_note(all)))
 }
 
 fn log_refusals(limit: &mut RateLimit, peer: SocketAddr, applied: &Applied) {
     if let Some(failure) = &applied.write_failure {
-        if let Some(suppressed) = limit.allow(Instant::now()) {
-            warn!("{peer} puts refused: {failure}{}", suppressed_note(suppressed));
+        if let Some(suppressed) = allow(limit, Topic::Refusals) {
+            warn!("{peer} puts refused: {failure}{suppressed}");
         }
     }
     if applied.memory_refused > 0 {
-        if let Some(suppressed) = limit.allow(Instant::now()) {
+        if let Some(suppressed) = allow(limit, Topic::Refusals) {
             warn!(
-                "{peer} {} puts refused: {MEMORY_LIMIT_REACHED}{}",
+                "{peer} {} puts refused: {MEMORY_LIMIT_REACHED}{suppressed}",
                 applied.memory_refused,
-                suppressed_note(suppressed)
             );
         }
     }
@@ -417,13 +452,10 @@ fn recycle<'b>(mut requests: Vec<Parsed<'_>>) -> Vec<Parsed<'b>> {
 }
 
 fn log_bad_request(limit: &mut RateLimit, peer: SocketAddr, e: RequestError, line: &[u8]) {
-    if let Some(suppressed) = limit.allow(Instant::now()) {
+    if let Some(suppressed) = allow(limit, Topic::Requests) {
         const SHOWN: usize = 60;
         let shown = String::from_utf8_lossy(&line[..line.len().min(SHOWN)]);
-        warn!(
-            "{peer} bad request ({e}): {shown:?}{}",
-            suppressed_note(suppressed)
-        );
+        warn!("{peer} bad request ({e}): {shown:?}{suppressed}");
     }
 }
 

@@ -115,7 +115,10 @@ impl Db {
             let (store, journal) = load(path, settings.fsync, db.since())?;
             db.store = Mutex::new(store);
             db.journal = Some(journal);
-            if db.journal().is_some_and(|j| j.needs_compaction(db.lock().points())) {
+            if db
+                .journal()
+                .is_some_and(|j| j.needs_compaction(db.lock().points()))
+            {
                 db.compact_now()?;
             }
         }
@@ -200,7 +203,7 @@ impl Db {
                         }));
                         break;
                     }
-                    Err(_) => Reply::push_error(replies, protocol::WRONG_COMMAND),
+                    Err(e) => Reply::push_error(replies, e.reply()),
                 }
             }
             // The journal's ordering rule: the lines are appended before the lock goes.
@@ -231,9 +234,9 @@ impl Db {
         if cursor.done {
             return Vec::new();
         }
-        let step = self
-            .lock()
-            .read_after(cursor.after.as_deref(), cursor.range.clone(), STEP_POINTS);
+        let step =
+            self.lock()
+                .read_after(cursor.after.as_deref(), cursor.range.clone(), STEP_POINTS);
         match step.last() {
             Some(last) => cursor.after = Some(Arc::from(last.name())),
             None => cursor.done = true,
@@ -343,9 +346,9 @@ impl Db {
         let since = self.since();
         loop {
             let cursor = state.sweeping.take().unwrap_or(None);
-            let (removed, next) =
-                self.lock()
-                    .expire_after(cursor.as_deref(), since, SWEEP_SERIES);
+            let (removed, next) = self
+                .lock()
+                .expire_after(cursor.as_deref(), since, SWEEP_SERIES);
             state.swept_points += removed;
             match next {
                 Some(next) => state.sweeping = Some(Some(next)),

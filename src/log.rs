@@ -1,6 +1,10 @@
 //! Diagnostics on stderr, one line per event: `2026-11-25T18:25:47Z warn 127.0.0.1:5000 ...`.
 //! Also the rate limiter that keeps one client from filling a disk with log lines.
 //!
+//! Every line a client can cause goes through a limit for its [`Topic`], shared by all
+//! connections, so that no number of clients can flood the log; what a limit holds back is
+//! counted and reported within about a second, even when nothing else is logged.
+//!
 //! Nobody waits on stderr: lines go through a bounded queue to a thread of their own that
 //! writes them. When stderr is a pipe nobody reads, that thread blocks, the queue fills, and
 //! further lines are dropped and counted (the count is logged once stderr moves again) — the
@@ -9,8 +13,8 @@
 use std::fmt;
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::OnceLock;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -39,8 +43,79 @@ fn queue() -> Option<&'static SyncSender<Message>> {
         .as_ref()
 }
 
+/// What a client can make the server log, each with a limit of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Topic {
+    /// Connections opened, closed or refused.
+    Connections,
+    /// Bad requests and HTTP on the metrics port.
+    Requests,
+    /// Puts refused (memory limit, data file failure).
+    Refusals,
+}
+
+impl Topic {
+    const ALL: [Topic; 3] = [Topic::Connections, Topic::Requests, Topic::Refusals];
+
+    fn name(self) -> &'static str {
+        match self {
+            Topic::Connections => "connection",
+            Topic::Requests => "bad request",
+            Topic::Refusals => "refused put",
+        }
+    }
+
+    fn limit(self) -> &'static Mutex<RateLimit> {
+        &LIMITS[self as usize]
+    }
+}
+
+/// Lines per second each topic may log, across all connections.
+pub const TOPIC_LINES_PER_SECOND: u32 = 100;
+
+static LIMITS: [Mutex<RateLimit>; 3] =
+    [const { Mutex::new(RateLimit::new(TOPIC_LINES_PER_SECOND)) }; 3];
+
+/// Whether a line about `topic` may be logged now: `Some(n)` with the lines held back since
+/// the last one (to note on it), `None` to hold this one back.
+pub fn allow(topic: Topic) -> Option<u64> {
+    topic
+        .limit()
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .allow(Instant::now())
+}
+
+/// Reports each topic's held-back lines once its window has passed.
+fn report_suppressed(stderr: &mut impl Write) {
+    for topic in Topic::ALL {
+        let held = topic
+            .limit()
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take_expired(Instant::now());
+        if held > 0 {
+            let note = format!(
+                "{} warn {held} {} log lines suppressed (limit {TOPIC_LINES_PER_SECOND} a second)\n",
+                utc_now(),
+                topic.name()
+            );
+            let _ = stderr.write_all(note.as_bytes());
+        }
+    }
+}
+
 fn write_out(receiver: Receiver<Message>) {
-    for message in receiver {
+    loop {
+        let message = match receiver.recv_timeout(Duration::from_millis(500)) {
+            Ok(message) => message,
+            Err(RecvTimeoutError::Timeout) => {
+                report_suppressed(&mut std::io::stderr().lock());
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        report_suppressed(&mut std::io::stderr().lock());
         match message {
             Message::Line(line) => {
                 let dropped = DROPPED.swap(0, Ordering::Relaxed);
@@ -189,7 +264,7 @@ pub struct RateLimit {
 
 impl RateLimit {
     /// A limiter allowing `per_second` events in each one-second window.
-    pub fn new(per_second: u32) -> Self {
+    pub const fn new(per_second: u32) -> Self {
         RateLimit {
             per_second,
             window: None,
@@ -221,6 +296,17 @@ impl RateLimit {
     pub fn suppressed(&self) -> u64 {
         self.suppressed
     }
+
+    /// The suppressed count, taken (so it is reported once), when the window it was counted in
+    /// has passed; 0 while it is still open.
+    pub fn take_expired(&mut self, now: Instant) -> u64 {
+        match self.window {
+            Some(start) if now.duration_since(start) >= Duration::from_secs(1) => {
+                std::mem::take(&mut self.suppressed)
+            }
+            _ => 0,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -247,5 +333,8 @@ mod tests {
         assert_eq!(limit.allow(start + Duration::from_secs(1)), Some(2));
         assert_eq!(limit.allow(start + Duration::from_secs(1)), Some(0));
         assert_eq!(limit.allow(start + Duration::from_secs(1)), None);
+        assert_eq!(limit.take_expired(start + Duration::from_millis(1500)), 0);
+        assert_eq!(limit.take_expired(start + Duration::from_secs(2)), 1);
+        assert_eq!(limit.take_expired(start + Duration::from_secs(3)), 0);
     }
 }

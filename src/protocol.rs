@@ -25,6 +25,8 @@ use std::fmt;
 pub const OK: &[u8] = b"ok\n\n";
 /// The message of the reply to any malformed request.
 pub const WRONG_COMMAND: &str = "wrong command";
+/// The message of the reply to a line over the server's limit.
+pub const LINE_TOO_LONG: &str = "line too long";
 /// The longest text [`write_float`] produces (`-1.2345678901234567e-308`).
 pub const MAX_FLOAT_LEN: usize = 24;
 
@@ -89,6 +91,19 @@ pub enum RequestError {
     NonFiniteValue,
     /// The timestamp is not an integer that fits in i64.
     BadTimestamp,
+    /// A put whose line, as `get` prints it back (`1e1` as `10.0`), would be longer than the
+    /// line limit: accepting it would make a dump that cannot be restored.
+    TooLong,
+}
+
+impl RequestError {
+    /// The message of the error reply: `wrong command`, except for [`RequestError::TooLong`].
+    pub fn reply(self) -> &'static str {
+        match self {
+            RequestError::TooLong => LINE_TOO_LONG,
+            _ => WRONG_COMMAND,
+        }
+    }
 }
 
 impl fmt::Display for RequestError {
@@ -101,6 +116,7 @@ impl fmt::Display for RequestError {
             RequestError::BadValue => "value is not a number",
             RequestError::NonFiniteValue => "value is not finite",
             RequestError::BadTimestamp => "timestamp is not a whole number of seconds",
+            RequestError::TooLong => "put would print longer than the line limit",
         })
     }
 }
@@ -381,6 +397,23 @@ impl<'a> Request<'a> {
             }
         }
     }
+}
+
+/// The length of `put metric value timestamp` as [`Request::encode`] writes it, without its
+/// `\n`: what `metrics put -` sends back when restoring a dump.
+pub fn put_line_len(metric: &str, value: f64, timestamp: i64) -> usize {
+    let mut text = Vec::with_capacity(MAX_FLOAT_LEN + 21);
+    write_float(&mut text, value);
+    text.push(b' ');
+    write_i64(&mut text, timestamp);
+    "put ".len() + metric.len() + 1 + text.len()
+}
+
+/// Whether a put, printed back as [`put_line_len`] says, stays within `max_line` bytes. Costs
+/// nothing unless the metric name is within about 50 bytes of the limit.
+pub fn put_fits(metric: &str, value: f64, timestamp: i64, max_line: usize) -> bool {
+    const MOST: usize = "put ".len() + 1 + MAX_FLOAT_LEN + 1 + 20;
+    metric.len() + MOST <= max_line || put_line_len(metric, value, timestamp) <= max_line
 }
 
 /// Appends an error reply carrying `message`.
@@ -928,6 +961,28 @@ mod tests {
         for &(line, expected) in cases {
             assert_eq!(Request::parse(line), Err(expected), "{line:?}");
         }
+    }
+
+    #[test]
+    fn put_line_len_is_the_encoded_length() {
+        for (metric, value, timestamp) in [
+            ("m", 1e1, 5),
+            ("a.b", -1.2345678901234567e-308, i64::MIN),
+            ("x", 0.1, 0),
+        ] {
+            let mut line = Vec::new();
+            Request::Put {
+                metric,
+                value,
+                timestamp,
+            }
+            .encode(&mut line);
+            assert_eq!(put_line_len(metric, value, timestamp), line.len() - 1);
+            assert!(put_fits(metric, value, timestamp, line.len() - 1));
+            assert!(!put_fits(metric, value, timestamp, line.len() - 2));
+        }
+        assert_eq!(RequestError::TooLong.reply(), LINE_TOO_LONG);
+        assert_eq!(RequestError::BadValue.reply(), WRONG_COMMAND);
     }
 
     #[test]

@@ -8,9 +8,9 @@
 use crate::connection::{Connection, Limits, LOG_LINES_PER_SECOND};
 use crate::db::{Db, Maintenance, Settings};
 use crate::journal::{Fsync, JournalError};
-use crate::log::{self, suppressed_note, RateLimit};
-use crate::{error, info, warn};
+use crate::log::{self, suppressed_note, RateLimit, Topic};
 use crate::protocol;
+use crate::{error, info, warn};
 use std::fmt;
 use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -216,7 +216,7 @@ impl Server {
 
     fn admit(&self, stream: TcpStream, peer: SocketAddr, log_limit: &mut RateLimit) {
         let Some(slot) = Slot::take(&self.db, self.config.max_connections) else {
-            if let Some(suppressed) = log_limit.allow(Instant::now()) {
+            if let Some(suppressed) = log::allow(Topic::Connections) {
                 warn!(
                     "{peer} refused: too many connections (limit {}){}",
                     self.config.max_connections,
@@ -236,11 +236,23 @@ impl Server {
             .name(format!("conn {peer}"))
             .stack_size(THREAD_STACK_BYTES)
             .spawn(move || {
-                info!("{peer} connected ({} open)", slot.open());
+                if let Some(suppressed) = log::allow(Topic::Connections) {
+                    info!(
+                        "{peer} connected ({} open){}",
+                        slot.open(),
+                        suppressed_note(suppressed)
+                    );
+                }
                 let (end, suppressed) = Connection::new(stream, peer, &db, limits).run();
                 // The place is free before the line saying so is written.
                 drop(slot);
-                info!("{peer} disconnected: {end}{}", suppressed_note(suppressed));
+                if let Some(more) = log::allow(Topic::Connections) {
+                    info!(
+                        "{peer} disconnected: {end}{}{}",
+                        suppressed_note(suppressed),
+                        suppressed_note(more)
+                    );
+                }
             });
         if let Err(e) = spawned {
             // The closure, with its socket and slot, is dropped: that one client is closed.
@@ -277,8 +289,7 @@ struct Slot(Arc<Db>);
 
 impl Slot {
     fn take(db: &Arc<Db>, limit: usize) -> Option<Slot> {
-        db.try_open_connection(limit)
-            .then(|| Slot(Arc::clone(db)))
+        db.try_open_connection(limit).then(|| Slot(Arc::clone(db)))
     }
 
     fn open(&self) -> usize {
