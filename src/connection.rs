@@ -137,12 +137,14 @@ impl Output {
                     }
                 }
                 Reply::Error(message, run) => {
+                    db.count_errors(run as u64);
                     for _ in 0..run {
                         protocol::write_error(&mut self.buf, message);
                         self.flush_if_full()?;
                     }
                 }
                 Reply::Failed(failure, run) => {
+                    db.count_errors(run as u64);
                     let message = failure.to_string();
                     for _ in 0..run {
                         protocol::write_error(&mut self.buf, &message);
@@ -153,6 +155,13 @@ impl Output {
                     self.buf.extend_from_slice(b"ok\n");
                     if let Some(series) = series {
                         self.write_series(&series)?;
+                    }
+                    self.buf.push(b'\n');
+                }
+                Reply::Stats(rows, now) => {
+                    self.buf.extend_from_slice(b"ok\n");
+                    for (name, value) in rows {
+                        protocol::write_point(&mut self.buf, name, value, now);
                     }
                     self.buf.push(b'\n');
                 }

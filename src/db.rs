@@ -44,6 +44,8 @@ pub(crate) enum Reply {
     Series(Option<SeriesSnapshot>),
     /// A get of every metric, read in steps with [`Db::read_step`] as the reply is written.
     All(Cursor),
+    /// The `stats` rows, all at one timestamp.
+    Stats(Vec<(&'static str, f64)>, i64),
 }
 
 impl Reply {
@@ -85,6 +87,18 @@ pub(crate) struct Settings<'a> {
     pub fsync: Fsync,
     pub retention: Option<Duration>,
     pub max_memory: Option<usize>,
+    pub self_metrics: Option<Duration>,
+}
+
+/// The server's counters; each is exact, and updated once per batch rather than per request.
+#[derive(Debug, Default)]
+struct Counters {
+    connections: AtomicUsize,
+    connections_total: AtomicU64,
+    puts: AtomicU64,
+    gets: AtomicU64,
+    errors: AtomicU64,
+    memory_refused: AtomicU64,
 }
 
 /// The shared state; see the module docs.
@@ -93,8 +107,10 @@ pub(crate) struct Db {
     store: Mutex<Store>,
     journal: Option<Journal>,
     retention: Option<Duration>,
-    open_connections: AtomicUsize,
-    memory_refused: AtomicU64,
+    max_memory: Option<usize>,
+    self_metrics: Option<Duration>,
+    started: Instant,
+    counters: Counters,
 }
 
 impl Db {
@@ -108,8 +124,10 @@ impl Db {
             store: Mutex::new(Store::new()),
             journal: None,
             retention: settings.retention,
-            open_connections: AtomicUsize::new(0),
-            memory_refused: AtomicU64::new(0),
+            max_memory: settings.max_memory,
+            self_metrics: settings.self_metrics,
+            started: Instant::now(),
+            counters: Counters::default(),
         };
         if let Some(path) = settings.data {
             let (store, journal) = load(path, settings.fsync, db.since())?;
@@ -159,6 +177,7 @@ impl Db {
         let since = self.since();
         let first = replies.len();
         let mut applied = Applied::default();
+        let (mut puts, mut gets) = (0u64, 0u64);
         let written_to = {
             let mut store = self.lock();
             let mut appender = None;
@@ -187,21 +206,26 @@ impl Db {
                                 .get_or_insert_with(|| journal.appender())
                                 .push(metric, value, timestamp);
                         }
+                        puts += 1;
                         match replies.last_mut() {
                             Some(Reply::Ok(run)) => *run += 1,
                             _ => replies.push(Reply::Ok(1)),
                         }
                     }
-                    Ok(Request::Get(Selector::Metric(metric))) => {
-                        replies.push(Reply::Series(store.read(metric, since..=i64::MAX)));
+                    Ok(Request::Get(selector)) => {
+                        gets += 1;
+                        if read(&store, selector, since..=i64::MAX, replies) {
+                            break;
+                        }
                     }
-                    Ok(Request::Get(Selector::All)) => {
-                        replies.push(Reply::All(Cursor {
-                            after: None,
-                            range: since..=i64::MAX,
-                            done: false,
-                        }));
-                        break;
+                    Ok(Request::GetRange { selector, from, to }) => {
+                        gets += 1;
+                        if read(&store, selector, from.max(since)..=to, replies) {
+                            break;
+                        }
+                    }
+                    Ok(Request::Stats) => {
+                        replies.push(Reply::Stats(self.stats(&store), defaults::now()));
                     }
                     Err(e) => Reply::push_error(replies, e.reply()),
                 }
@@ -209,11 +233,17 @@ impl Db {
             // The journal's ordering rule: the lines are appended before the lock goes.
             appender.map(|appender| appender.finish())
         };
+        let counters = &self.counters;
         if applied.memory_refused > 0 {
-            self.memory_refused
+            counters
+                .memory_refused
                 .fetch_add(applied.memory_refused as u64, Ordering::Relaxed);
         }
+        if gets > 0 {
+            counters.gets.fetch_add(gets, Ordering::Relaxed);
+        }
         let Some((journal, seq)) = journal.zip(written_to) else {
+            counters.puts.fetch_add(puts, Ordering::Relaxed);
             return applied;
         };
         if let Err(failure) = journal.commit(seq) {
@@ -224,8 +254,65 @@ impl Db {
                 }
             }
             applied.write_failure = Some(failure);
+        } else {
+            counters.puts.fetch_add(puts, Ordering::Relaxed);
         }
         applied
+    }
+
+    /// The `stats` figures, sorted by name. `store` is the locked store: the figures are read
+    /// at one moment.
+    fn stats(&self, store: &Store) -> Vec<(&'static str, f64)> {
+        let c = &self.counters;
+        let count = |n: &AtomicU64| n.load(Ordering::Relaxed) as f64;
+        let mut rows = vec![
+            ("metrics.connections", self.open_connections() as f64),
+            ("metrics.connections_total", count(&c.connections_total)),
+            ("metrics.errors_total", count(&c.errors)),
+            ("metrics.gets_total", count(&c.gets)),
+            ("metrics.memory_bytes", store.memory_bytes() as f64),
+            ("metrics.points", store.points() as f64),
+            ("metrics.puts_total", count(&c.puts)),
+            ("metrics.series", store.metrics() as f64),
+            (
+                "metrics.uptime_seconds",
+                self.started.elapsed().as_secs() as f64,
+            ),
+        ];
+        if let Some(journal) = self.journal() {
+            rows.push(("metrics.data_file_bytes", journal.file_bytes() as f64));
+        }
+        if let Some(limit) = self.max_memory {
+            rows.push(("metrics.memory_limit_bytes", limit as f64));
+            rows.push(("metrics.memory_refused_total", count(&c.memory_refused)));
+        }
+        rows.sort_by_key(|&(name, _)| name);
+        rows
+    }
+
+    /// Counts error replies sent, wherever they were decided.
+    pub fn count_errors(&self, n: u64) {
+        self.counters.errors.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Stores the current `stats` figures as points, journaled like any put: `--self-metrics`.
+    fn record_self_metrics(&self) {
+        let now = defaults::now();
+        let rows = self.stats(&self.lock());
+        let requests: Vec<Parsed<'_>> = rows
+            .iter()
+            .map(|&(metric, value)| {
+                Ok(Request::Put {
+                    metric,
+                    value,
+                    timestamp: now,
+                })
+            })
+            .collect();
+        let applied = self.apply(&requests, &mut Vec::new());
+        if let Some(e) = applied.write_failure {
+            warn!("self-metrics not stored: {e}");
+        }
     }
 
     /// The next step of a `get *`: series in name order, each complete and consistent, about
@@ -246,32 +333,35 @@ impl Db {
 
     /// Takes one of `limit` connection places; `false` when all are taken.
     pub fn try_open_connection(&self, limit: usize) -> bool {
-        self.open_connections
+        let taken = self
+            .counters
+            .connections
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < limit).then_some(n + 1)
             })
-            .is_ok()
+            .is_ok();
+        if taken {
+            self.counters
+                .connections_total
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        taken
     }
 
     /// Gives back a place taken by [`try_open_connection`](Db::try_open_connection).
     pub fn close_connection(&self) {
-        self.open_connections.fetch_sub(1, Ordering::AcqRel);
+        self.counters.connections.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Connections open now.
     pub fn open_connections(&self) -> usize {
-        self.open_connections.load(Ordering::Acquire)
-    }
-
-    /// Puts refused by the memory limit since start-up.
-    pub fn memory_refused(&self) -> u64 {
-        self.memory_refused.load(Ordering::Relaxed)
+        self.counters.connections.load(Ordering::Acquire)
     }
 
     /// Whether anything needs doing in the background: a data file to sync, watch, retry and
-    /// compact, or a retention window to apply.
+    /// compact, a retention window to apply, or self-metrics to record.
     pub fn needs_maintenance(&self) -> bool {
-        self.journal.is_some() || self.retention.is_some()
+        self.journal.is_some() || self.retention.is_some() || self.self_metrics.is_some()
     }
 
     /// One step of the background work; call it every [`Maintenance::TICK`].
@@ -293,6 +383,12 @@ impl Db {
             if check {
                 state.checked = now;
                 self.check_data_file(journal, state, now);
+            }
+        }
+        if let Some(every) = self.self_metrics {
+            if now.duration_since(state.recorded) >= every {
+                state.recorded = now;
+                self.record_self_metrics();
             }
         }
         if let Some(window) = self.retention {
@@ -414,12 +510,36 @@ impl Db {
     }
 }
 
+/// Queues the reply to a get; `true` for a `get *`, whose reply is read in steps later.
+fn read(
+    store: &Store,
+    selector: Selector<'_>,
+    range: RangeInclusive<i64>,
+    replies: &mut Vec<Reply>,
+) -> bool {
+    match selector {
+        Selector::Metric(metric) => {
+            replies.push(Reply::Series(store.read(metric, range)));
+            false
+        }
+        Selector::All => {
+            replies.push(Reply::All(Cursor {
+                after: None,
+                range,
+                done: false,
+            }));
+            true
+        }
+    }
+}
+
 /// When the background steps last ran, and where a sweep has got to.
 #[derive(Debug)]
 pub(crate) struct Maintenance {
     synced: Instant,
     checked: Instant,
     swept: Instant,
+    recorded: Instant,
     /// A retention sweep under way: `Some(cursor)`, the cursor `None` at its start.
     sweeping: Option<Option<Arc<str>>>,
     swept_points: usize,
@@ -441,6 +561,7 @@ impl Maintenance {
             synced: now,
             checked: now,
             swept: now,
+            recorded: now,
             sweeping: None,
             swept_points: 0,
             compact_after: now,
@@ -506,6 +627,7 @@ mod tests {
             fsync: Fsync::No,
             retention,
             max_memory: None,
+            self_metrics: None,
         })
         .unwrap()
     }
@@ -579,12 +701,17 @@ mod tests {
             fsync: Fsync::No,
             retention: None,
             max_memory: Some(0),
+            self_metrics: None,
         })
         .unwrap();
         let mut replies = Vec::new();
         let applied = db.apply(&parse(&["put a 1 1", "put a 2 2", "get a"]), &mut replies);
         assert_eq!(applied.memory_refused, 2);
-        assert_eq!(db.memory_refused(), 2);
+        let stats = db.stats(&db.lock());
+        assert!(
+            stats.contains(&("metrics.memory_refused_total", 2.0)),
+            "{stats:?}"
+        );
         assert_eq!(
             shapes(&db, &mut replies),
             ["error memory limit reached 2", "points 0"]

@@ -21,7 +21,7 @@ use std::fmt;
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
@@ -186,6 +186,8 @@ pub struct Journal {
     sync_handle: Mutex<File>,
     failing: AtomicBool,
     failure: Mutex<Option<WriteError>>,
+    /// The file's length, readable without waiting for the writer.
+    file_bytes: AtomicU64,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -252,6 +254,7 @@ impl Journal {
             sync_handle: Mutex::new(sync_handle),
             failing: AtomicBool::new(false),
             failure: Mutex::new(None),
+            file_bytes: AtomicU64::new(good_len),
         };
         report.leftovers = leftovers;
         Ok((store, journal, report))
@@ -260,6 +263,11 @@ impl Journal {
     /// The file's path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Bytes in the data file.
+    pub fn file_bytes(&self) -> u64 {
+        self.file_bytes.load(Ordering::Relaxed)
     }
 
     /// The sync policy.
@@ -362,6 +370,7 @@ impl Journal {
         }
         writer.written = end;
         writer.len += buf.len() as u64;
+        self.file_bytes.store(writer.len, Ordering::Relaxed);
         buf.clear();
         writer.spare = buf;
         if self.failing.swap(false, Ordering::AcqRel) {
@@ -481,6 +490,7 @@ impl Journal {
         writer.file = file;
         writer.base = at.seq as i64 - written as i64;
         writer.len = written + tail;
+        self.file_bytes.store(writer.len, Ordering::Relaxed);
         let lines_after = {
             let mut pending = lock(&self.pending);
             pending.lines = points + (pending.lines - at.lines);

@@ -5,7 +5,8 @@
 //! ```text
 //! line      = ws* [ request ] ws* "\n"          ; a blank line gets no reply
 //! request   = "put" sp metric sp value sp timestamp
-//!           | "get" sp ( metric | "*" )
+//!           | "get" sp ( metric | "*" ) [ sp from sp to ]   ; from, to: timestamps, inclusive
+//!           | "stats"                                       ; the server's own figures
 //! sp        = ( " " | "\t" )+                    ; ws also covers "\r", so CRLF is accepted
 //! metric    = one or more UTF-8 characters, none whitespace or control (see `check_metric`);
 //!             not "*" in a put
@@ -16,6 +17,9 @@
 //!           | "error\n" message "\n\n"
 //! point     = metric " " value " " timestamp "\n" ; value printed like Python's repr(float)
 //! ```
+//!
+//! The range form of `get` and `stats` are ours; the rest is the course protocol, byte for byte.
+//! `stats` answers like a `get`, one `metrics.NAME value now` row per figure.
 //!
 //! Every malformed request gets `error\nwrong command\n\n`; [`RequestError`] says why, for logs.
 
@@ -72,6 +76,17 @@ pub enum Request<'a> {
     },
     /// Return the points of the selected metrics.
     Get(Selector<'a>),
+    /// Return the points of the selected metrics with `from <= timestamp <= to`.
+    GetRange {
+        /// Which metrics.
+        selector: Selector<'a>,
+        /// The first timestamp wanted.
+        from: i64,
+        /// The last timestamp wanted.
+        to: i64,
+    },
+    /// Return the server's own figures as point rows.
+    Stats,
 }
 
 /// Why a request line was rejected. On the wire every case reads `wrong command`.
@@ -81,7 +96,7 @@ pub enum RequestError {
     NotUtf8,
     /// The first token is neither `put` nor `get`.
     UnknownCommand,
-    /// `put` without exactly three arguments, or `get` without exactly one.
+    /// `put` without exactly three arguments, `get` without one or three, `stats` with any.
     WrongArgumentCount,
     /// The metric name breaks the name rule of [`check_metric`].
     BadMetric(NameError),
@@ -368,12 +383,28 @@ impl<'a> Request<'a> {
                 }
             }
             "get" => {
-                let (Some(selector), None) = (args.next(), args.next()) else {
-                    return Err(RequestError::WrongArgumentCount);
+                let selector = match (args.next(), args.next(), args.next(), args.next()) {
+                    (Some(selector), None, ..) | (Some(selector), Some(_), Some(_), None) => {
+                        selector
+                    }
+                    _ => return Err(RequestError::WrongArgumentCount),
                 };
                 check_metric(selector, false).map_err(RequestError::BadMetric)?;
-                Request::Get(Selector::parse(selector))
+                let selector = Selector::parse(selector);
+                let mut bounds = tokens(line).skip(2);
+                match (bounds.next(), bounds.next()) {
+                    (Some(from), Some(to)) => Request::GetRange {
+                        selector,
+                        from: parse_timestamp(from)?,
+                        to: parse_timestamp(to)?,
+                    },
+                    _ => Request::Get(selector),
+                }
             }
+            "stats" => match args.next() {
+                None => Request::Stats,
+                Some(_) => return Err(RequestError::WrongArgumentCount),
+            },
             _ => return Err(RequestError::UnknownCommand),
         };
         Ok(Some(request))
@@ -395,6 +426,16 @@ impl<'a> Request<'a> {
                 out.extend_from_slice(selector.as_str().as_bytes());
                 out.push(b'\n');
             }
+            Request::GetRange { selector, from, to } => {
+                out.extend_from_slice(b"get ");
+                out.extend_from_slice(selector.as_str().as_bytes());
+                out.push(b' ');
+                write_i64(out, from);
+                out.push(b' ');
+                write_i64(out, to);
+                out.push(b'\n');
+            }
+            Request::Stats => out.extend_from_slice(b"stats\n"),
         }
     }
 }
@@ -944,6 +985,12 @@ mod tests {
             (b"put m 1 2 3", WrongArgumentCount),
             (b"get", WrongArgumentCount),
             (b"get a b", WrongArgumentCount),
+            (b"get a 1 2 3", WrongArgumentCount),
+            (b"get a 1 x", BadTimestamp),
+            (b"get a 1.5 2", BadTimestamp),
+            (b"get * 1 99999999999999999999", BadTimestamp),
+            (b"stats now", WrongArgumentCount),
+            (b"STATS", UnknownCommand),
             (b"put * 1 2", BadMetric(NameError::Reserved)),
             (b"put a\x0bb 1 2", BadMetric(NameError::Forbidden('\u{b}'))),
             (b"get a\rb", BadMetric(NameError::Forbidden('\r'))),
@@ -995,6 +1042,17 @@ mod tests {
             },
             Request::Get(Selector::All),
             Request::Get(Selector::Metric("x")),
+            Request::GetRange {
+                selector: Selector::All,
+                from: i64::MIN,
+                to: i64::MAX,
+            },
+            Request::GetRange {
+                selector: Selector::Metric("x"),
+                from: -5,
+                to: 7,
+            },
+            Request::Stats,
         ];
         for request in requests {
             let mut line = Vec::new();

@@ -45,6 +45,9 @@ pub struct Config {
     /// refused with `memory limit reached`. `None` is no limit. The default is half of the
     /// machine's memory (see [`default_max_memory`]).
     pub max_memory: Option<usize>,
+    /// Store the `stats` figures as points this often; `None` (the default) never does, so
+    /// `get *` shows only what clients put.
+    pub self_metrics: Option<Duration>,
 }
 
 impl Default for Config {
@@ -60,6 +63,7 @@ impl Default for Config {
             fsync: Fsync::EverySec,
             retention: None,
             max_memory: default_max_memory(),
+            self_metrics: None,
         }
     }
 }
@@ -148,6 +152,7 @@ impl Server {
             fsync: config.fsync,
             retention: config.retention,
             max_memory: config.max_memory,
+            self_metrics: config.self_metrics,
         })
         .map_err(|e| {
             // What was logged while loading is out before the caller reports the failure.
@@ -224,6 +229,7 @@ impl Server {
                 );
             }
             refuse(stream, TOO_MANY_CONNECTIONS);
+            self.db.count_errors(1);
             return;
         };
         let db = Arc::clone(&self.db);
