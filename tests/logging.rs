@@ -79,8 +79,8 @@ fn a_stderr_pipe_nobody_reads_does_not_stop_the_server() {
     let mut client = metrics::Client::connect(&addr, Some(Duration::from_secs(10))).unwrap();
     client.put("after", 2.0, Some(2)).unwrap();
     assert_eq!(client.get("after").unwrap()["after"], vec![(2, 2.0)]);
-    // The pipe really was full: once the server is gone, it still holds its 64 KiB, less
-    // the end of a page too short for the next line.
+    // The pipe really was full: once the server is gone, it still holds nearly its 64 KiB
+    // (each of its 16 pages less an end too short for the next line).
     let reader = std::thread::spawn(move || {
         let mut stderr = stderr;
         let mut text = Vec::new();
@@ -95,5 +95,5 @@ fn a_stderr_pipe_nobody_reads_does_not_stop_the_server() {
     });
     drop(child);
     let logged = reader.join().unwrap();
-    assert!(logged > 65_536 - 512, "only {logged} bytes were logged");
+    assert!(logged > 60_000, "only {logged} bytes were logged");
 }
