@@ -6,11 +6,16 @@
 //! while a reader thread takes the replies, with up to two batches in flight, so the generator
 //! keeps the server busy instead of waiting on itself.
 //! Latency is measured per request, from the write of its batch to the arrival of its reply.
+//!
+//! Memory does not grow with the flags: metric names are made as they are sent (`--keys` costs
+//! nothing up front), a batch is encoded and written [`CHUNK_REQUESTS`] requests at a time
+//! however large `-P` is, and the reader hears of a batch before it is written, so it takes the
+//! replies while the writer is still writing and neither side waits for the other.
 
 use crate::client::{self, ClientError, ReplyReader};
 use crate::protocol::{Reply, Request, Selector};
-use std::fmt;
-use std::io::Write;
+use std::fmt::{self, Write as _};
+use std::io::{self, Write};
 use std::net::TcpStream;
 use std::ops::ControlFlow;
 use std::sync::mpsc;
@@ -19,6 +24,50 @@ use std::time::{Duration, Instant};
 
 /// The first timestamp the benchmark writes; later points count up from it per key.
 pub const BASE_TIMESTAMP: i64 = 1_700_000_000;
+
+/// Requests encoded and written at a time, whatever `-P` is: about 64 KiB.
+pub const CHUNK_REQUESTS: u64 = 2048;
+
+/// Why a benchmark could not run to the end.
+#[derive(Debug)]
+pub enum BenchError {
+    /// A connection could not be made before the run began.
+    Connect(ClientError),
+    /// A thread could not be started.
+    Spawn(io::Error),
+    /// A connection failed during the run; `answered` requests of `requests` had their reply.
+    Failed {
+        answered: u64,
+        requests: u64,
+        source: ClientError,
+    },
+}
+
+impl fmt::Display for BenchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            // Transparent: what the client error says is the whole story.
+            BenchError::Connect(e) => e.fmt(f),
+            BenchError::Spawn(_) => f.write_str("cannot start a bench thread"),
+            BenchError::Failed {
+                answered, requests, ..
+            } => write!(
+                f,
+                "bench stopped after {answered} of {requests} requests were answered"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for BenchError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            BenchError::Connect(e) => e.source(),
+            BenchError::Spawn(e) => Some(e),
+            BenchError::Failed { source, .. } => Some(source),
+        }
+    }
+}
 
 /// Which requests to send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,33 +267,35 @@ impl fmt::Display for Report {
 
 /// The requests of one connection: the `i`-th is global request `i * stride + offset`.
 #[derive(Clone)]
-struct Plan<'a> {
-    names: &'a [String],
+struct Plan {
+    keys: u64,
     workload: Workload,
     offset: u64,
     stride: u64,
     count: u64,
 }
 
-impl Plan<'_> {
-    /// Appends requests `from..from + count` of this connection.
+impl Plan {
+    /// Appends requests `from..from + count` of this connection. Key `k` is `bench.key{k}`,
+    /// made here rather than looked up, so any `--keys` costs nothing up front.
     fn encode(&self, from: u64, count: u64, out: &mut Vec<u8>) {
-        let keys = self.names.len() as u64;
+        let mut metric = String::with_capacity(32);
         for i in from..from + count {
             let global = i * self.stride + self.offset;
-            let metric = self.names[(global % keys) as usize].as_str();
+            metric.clear();
+            let _ = write!(metric, "bench.key{}", global % self.keys);
             let get = match self.workload {
                 Workload::Put => false,
                 Workload::Get => true,
                 Workload::Mixed => global % 10 == 9,
             };
             let request = if get {
-                Request::Get(Selector::Metric(metric))
+                Request::Get(Selector::Metric(&metric))
             } else {
                 Request::Put {
-                    metric,
+                    metric: &metric,
                     value: (global % 1000) as f64 * 0.25,
-                    timestamp: BASE_TIMESTAMP + (global / keys) as i64,
+                    timestamp: BASE_TIMESTAMP.saturating_add((global / self.keys) as i64),
                 }
             };
             request.encode(out);
@@ -290,15 +341,13 @@ impl Tally {
 /// Runs the benchmark and reports what it measured.
 ///
 /// # Errors
-/// [`ClientError`] when a connection cannot be made or fails mid-run.
-pub fn run(config: &BenchConfig) -> Result<Report, ClientError> {
-    let names: Vec<String> = (0..config.keys.max(1))
-        .map(|k| format!("bench.key{k}"))
-        .collect();
+/// [`BenchError`] when a connection cannot be made or fails mid-run, or a thread cannot start.
+pub fn run(config: &BenchConfig) -> Result<Report, BenchError> {
     let connections = config.connections.max(1);
     let streams = (0..connections)
         .map(|_| client::connect_stream(config.addr.as_str(), config.timeout))
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(BenchError::Connect)?;
     let n = connections as u64;
     let pipeline = config.pipeline.max(1) as u64;
     let work: Vec<(TcpStream, Plan)> = streams
@@ -306,7 +355,7 @@ pub fn run(config: &BenchConfig) -> Result<Report, ClientError> {
         .zip(0..n)
         .map(|(stream, c)| {
             let plan = Plan {
-                names: &names,
+                keys: config.keys.max(1),
                 workload: config.workload,
                 offset: c,
                 stride: n,
@@ -316,30 +365,48 @@ pub fn run(config: &BenchConfig) -> Result<Report, ClientError> {
         })
         .collect();
     let started = Instant::now();
-    let tallies: Vec<Result<Tally, ClientError>> = thread::scope(|scope| {
-        let handles: Vec<_> = if pipeline == 1 {
+    let (outcomes, spawn_error) = thread::scope(|scope| {
+        let mut handles = Vec::new();
+        let mut spawn_error = None;
+        let jobs: Vec<Vec<(TcpStream, Plan)>> = if pipeline == 1 {
             let threads = connections.div_ceil(CONNECTIONS_PER_THREAD);
             let mut groups: Vec<Vec<(TcpStream, Plan)>> =
                 (0..threads).map(|_| Vec::new()).collect();
             for (i, conn) in work.into_iter().enumerate() {
                 groups[i % threads].push(conn);
             }
-            groups
-                .into_iter()
-                .filter(|g| !g.is_empty())
-                .map(|group| scope.spawn(move || drive_group(group)))
-                .collect()
+            groups.into_iter().filter(|g| !g.is_empty()).collect()
         } else {
-            work.into_iter()
-                .map(|(stream, plan)| scope.spawn(move || drive(stream, &plan, pipeline)))
-                .collect()
+            work.into_iter().map(|conn| vec![conn]).collect()
         };
-        handles
+        for job in jobs {
+            let spawned = thread::Builder::new().spawn_scoped(scope, move || {
+                if pipeline == 1 {
+                    drive_group(job)
+                } else {
+                    let (stream, plan) = job.into_iter().next().expect("one connection");
+                    drive(stream, &plan, pipeline)
+                }
+            });
+            match spawned {
+                Ok(handle) => handles.push(handle),
+                Err(e) => {
+                    // Started threads finish their share; the run is reported as failed.
+                    spawn_error = Some(e);
+                    break;
+                }
+            }
+        }
+        let outcomes: Vec<Outcome> = handles
             .into_iter()
             .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-            .collect()
+            .collect();
+        (outcomes, spawn_error)
     });
     let elapsed = started.elapsed();
+    if let Some(e) = spawn_error {
+        return Err(BenchError::Spawn(e));
+    }
     let mut report = Report {
         config: config.clone(),
         elapsed,
@@ -347,14 +414,25 @@ pub fn run(config: &BenchConfig) -> Result<Report, ClientError> {
         errors: 0,
         latency: Histogram::default(),
     };
-    for tally in tallies {
-        let tally = tally?;
+    let mut failure = None;
+    for (tally, error) in outcomes {
         report.completed += tally.completed;
         report.errors += tally.errors;
         report.latency.merge(&tally.latency);
+        failure = failure.or(error);
     }
-    Ok(report)
+    match failure {
+        Some(source) => Err(BenchError::Failed {
+            answered: report.completed,
+            requests: config.requests,
+            source,
+        }),
+        None => Ok(report),
+    }
 }
+
+/// What one thread counted, and why it stopped early if it did.
+type Outcome = (Tally, Option<ClientError>);
 
 /// Connections one unpipelined driver thread keeps busy: measured on two cores, groups of about
 /// four beat both one thread per connection (context switches) and one thread per core (a
@@ -363,36 +441,43 @@ const CONNECTIONS_PER_THREAD: usize = 4;
 
 /// Without pipelining: keeps one request in flight on each of several connections, writing to
 /// all of them and then reading each reply.
-fn drive_group(group: Vec<(TcpStream, Plan<'_>)>) -> Result<Tally, ClientError> {
-    let mut conns = Vec::with_capacity(group.len());
-    for (stream, plan) in group {
-        let replies = ReplyReader::new(stream.try_clone()?);
-        conns.push((stream, replies, plan, Instant::now()));
-    }
+fn drive_group(group: Vec<(TcpStream, Plan)>) -> Outcome {
     let mut tally = Tally::default();
-    let mut out = Vec::new();
-    let most = conns.iter().map(|c| c.2.count).max().unwrap_or(0);
-    for i in 0..most {
-        for (stream, _, plan, sent) in conns.iter_mut().filter(|c| i < c.2.count) {
-            out.clear();
-            plan.encode(i, 1, &mut out);
-            *sent = Instant::now();
-            (&*stream).write_all(&out)?;
+    let result = (|| {
+        let mut conns = Vec::with_capacity(group.len());
+        for (stream, plan) in group {
+            let replies = ReplyReader::new(stream.try_clone()?);
+            conns.push((stream, replies, plan, Instant::now()));
         }
-        for (_, replies, _, sent) in conns.iter_mut().filter(|c| i < c.2.count) {
-            tally.read_batch(replies, *sent, 1)?;
+        let mut out = Vec::new();
+        let most = conns.iter().map(|c| c.2.count).max().unwrap_or(0);
+        for i in 0..most {
+            for (stream, _, plan, sent) in conns.iter_mut().filter(|c| i < c.2.count) {
+                out.clear();
+                plan.encode(i, 1, &mut out);
+                *sent = Instant::now();
+                (&*stream).write_all(&out)?;
+            }
+            for (_, replies, _, sent) in conns.iter_mut().filter(|c| i < c.2.count) {
+                tally.read_batch(replies, *sent, 1)?;
+            }
         }
-    }
-    Ok(tally)
+        Ok(())
+    })();
+    (tally, result.err())
 }
 
 /// With pipelining: a writer sends one connection's batches while a reader takes the replies.
-fn drive(stream: TcpStream, plan: &Plan<'_>, pipeline: u64) -> Result<Tally, ClientError> {
-    let mut replies = ReplyReader::new(stream.try_clone()?);
-    let mut tally = Tally::default();
+/// A batch is announced to the reader before its first byte is written, so the reader drains
+/// replies while a batch of any size is still being written.
+fn drive(stream: TcpStream, plan: &Plan, pipeline: u64) -> Outcome {
+    let mut replies = match stream.try_clone() {
+        Ok(clone) => ReplyReader::new(clone),
+        Err(e) => return (Tally::default(), Some(e.into())),
+    };
     let mut out = Vec::new();
     let batches = (0..plan.count)
-        .step_by(pipeline as usize)
+        .step_by(usize::try_from(pipeline).unwrap_or(usize::MAX))
         .map(move |from| (from, pipeline.min(plan.count - from)));
     const IN_FLIGHT: usize = 2;
     let (sent_tx, sent_rx) = mpsc::sync_channel::<(Instant, u64)>(IN_FLIGHT);
@@ -400,35 +485,56 @@ fn drive(stream: TcpStream, plan: &Plan<'_>, pipeline: u64) -> Result<Tally, Cli
     for _ in 0..IN_FLIGHT {
         let _ = credit_tx.send(());
     }
+    let shared = &stream;
     thread::scope(|scope| {
-        let reader = scope.spawn(move || -> Result<Tally, ClientError> {
+        let reader = move || -> Outcome {
+            let mut tally = Tally::default();
             for (sent, count) in sent_rx {
-                tally.read_batch(&mut replies, sent, count)?;
+                if let Err(e) = tally.read_batch(&mut replies, sent, count) {
+                    // Unblock a writer stuck on a server that stopped reading.
+                    let _ = shared.shutdown(std::net::Shutdown::Both);
+                    return (tally, Some(e));
+                }
                 // The writer may have finished; a closed credit channel is fine.
                 let _ = credit_tx.send(());
             }
-            Ok(tally)
-        });
+            (tally, None)
+        };
+        let reader = match thread::Builder::new().spawn_scoped(scope, reader) {
+            Ok(reader) => reader,
+            Err(e) => return (Tally::default(), Some(e.into())),
+        };
         let written: Result<(), ClientError> = (|| {
             for (from, count) in batches {
                 if credit_rx.recv().is_err() {
                     break; // the reader failed; it reports why
                 }
+                let end = from + count;
+                let (mut at, mut chunk) = (from, count.min(CHUNK_REQUESTS));
                 out.clear();
-                plan.encode(from, count, &mut out);
-                let sent = Instant::now();
-                (&stream).write_all(&out)?;
-                if sent_tx.send((sent, count)).is_err() {
+                plan.encode(at, chunk, &mut out);
+                if sent_tx.send((Instant::now(), count)).is_err() {
                     break;
+                }
+                loop {
+                    (&stream).write_all(&out)?;
+                    at += chunk;
+                    if at == end {
+                        break;
+                    }
+                    chunk = (end - at).min(CHUNK_REQUESTS);
+                    out.clear();
+                    plan.encode(at, chunk, &mut out);
                 }
             }
             Ok(())
         })();
         drop(sent_tx);
-        let read = reader
+        let (tally, read_error) = reader
             .join()
             .unwrap_or_else(|p| std::panic::resume_unwind(p));
-        written.and(read)
+        // The reader's failure says more than the writer's broken pipe that follows from it.
+        (tally, read_error.or(written.err()))
     })
 }
 
@@ -463,11 +569,10 @@ mod tests {
 
     #[test]
     fn plans_cover_every_global_request_once() {
-        let names: Vec<String> = (0..3).map(|k| format!("k{k}")).collect();
         let mut lines = Vec::new();
         for offset in 0..4 {
             let plan = Plan {
-                names: &names,
+                keys: 3,
                 workload: Workload::Put,
                 offset,
                 stride: 4,
@@ -480,7 +585,43 @@ mod tests {
         lines.sort();
         lines.dedup();
         assert_eq!(lines.len(), 12);
-        assert!(lines.contains(&format!("put k0 0.0 {BASE_TIMESTAMP}")));
-        assert!(lines.contains(&format!("put k2 2.75 {}", BASE_TIMESTAMP + 3)));
+        assert!(lines.contains(&format!("put bench.key0 0.0 {BASE_TIMESTAMP}")));
+        assert!(lines.contains(&format!("put bench.key2 2.75 {}", BASE_TIMESTAMP + 3)));
+    }
+
+    #[test]
+    fn no_error_prints_its_source() {
+        use std::error::Error;
+        let os = || io::Error::other("os says no");
+        for e in [
+            BenchError::Connect(ClientError::Connect {
+                addr: "127.0.0.1:1".into(),
+                source: os(),
+            }),
+            BenchError::Spawn(os()),
+            BenchError::Failed {
+                answered: 3,
+                requests: 10,
+                source: ClientError::Io(os()),
+            },
+        ] {
+            let text = e.to_string();
+            let source = e.source().expect("a source");
+            assert!(!text.contains(&source.to_string()), "{e:?}");
+        }
+    }
+
+    #[test]
+    fn any_number_of_keys_costs_nothing_up_front() {
+        let plan = Plan {
+            keys: 10_000_000_000,
+            workload: Workload::Mixed,
+            offset: 9_999_999_999,
+            stride: 1,
+            count: 1,
+        };
+        let mut out = Vec::new();
+        plan.encode(0, 1, &mut out);
+        assert_eq!(out, b"get bench.key9999999999\n");
     }
 }

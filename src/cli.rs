@@ -2,15 +2,20 @@
 //!
 //! Exit codes are a contract: 0 success, 1 runtime failure (`metrics: ...` on stderr), 2 usage
 //! error (a message and a one-line usage hint on stderr, decided before any connection).
-//! Data goes to stdout, diagnostics to stderr, `--help` to stdout; a closed stdout is not an error.
+//! Data goes to stdout, diagnostics to stderr, `--help` to stdout; a closed stdout is not an
+//! error, and a closed stderr does not change the exit code.
+//!
+//! Each command's options, usage hint and help page come from one table ([`Spec`]), which also
+//! drives the argument lexer: an option the table lacks is unknown to the parser too.
 
 use crate::bench::{self, BenchConfig, Workload};
 use crate::bulk;
-use crate::client::Client;
+use crate::client::{self, Client};
 use crate::defaults::{self, ADDR_ENV};
 use crate::journal::Fsync;
 use crate::protocol::{self, RequestError};
 use crate::server::{Config, Server};
+use std::error::Error;
 use std::ffi::OsString;
 use std::fmt;
 use std::io::{self, Write};
@@ -28,111 +33,383 @@ pub enum Topic {
     Bench,
 }
 
-impl Topic {
-    fn usage(self) -> &'static str {
-        match self {
-            Topic::Main => "usage: metrics <server|put|get|help> [ARGS...]",
-            Topic::Server => "usage: metrics server [PORT] [--host ADDR] [--data FILE] [--fsync always|everysec|no] [--retention DURATION] [--max-line-bytes N] [--max-connections N] [--idle-timeout SECS] [--write-timeout SECS]",
-            Topic::Put => "usage: metrics put [--addr HOST:PORT] [--timeout SECS] METRIC VALUE [TIMESTAMP] | -",
-            Topic::Get => "usage: metrics get [--addr HOST:PORT] [--timeout SECS] METRIC",
-            Topic::Bench => "usage: metrics bench [--addr HOST:PORT] [-c N] [-n N] [-P N] [--keys N] [--workload put|get|mixed]",
-        }
-    }
-
-    fn help(self) -> &'static str {
-        match self {
-            Topic::Main => HELP_MAIN,
-            Topic::Server => HELP_SERVER,
-            Topic::Put => HELP_PUT,
-            Topic::Get => HELP_GET,
-            Topic::Bench => HELP_BENCH,
-        }
-    }
+/// One option of a command: what the parser matches and what help and usage show.
+struct Opt {
+    short: Option<&'static str>,
+    long: &'static str,
+    /// The value's placeholder (`N`, `SECS`); `None` for a flag.
+    value: Option<&'static str>,
+    /// Its help; a `\n` starts an indented continuation line.
+    help: &'static str,
 }
 
-const HELP_MAIN: &str = "\
-metrics: a small, fast metric collection server and its client
+/// One command: the one table behind its parser, its help page and its usage hint, so the
+/// three cannot drift apart.
+struct Spec {
+    topic: Topic,
+    name: &'static str,
+    /// Operand forms with a line each for the overview, e.g. `("METRIC", "print ...")`.
+    forms: &'static [(&'static str, &'static str)],
+    /// The operands come before the options in the synopsis (`server [PORT] [OPTIONS]`).
+    operands_first: bool,
+    /// The help page's text between the synopsis and the options.
+    about: &'static str,
+    options: &'static [Opt],
+}
 
-usage: metrics <command> [ARGS...]
+const HELP: Opt = Opt {
+    short: Some("-h"),
+    long: "--help",
+    value: None,
+    help: "show this help",
+};
+const ADDR: Opt = Opt {
+    short: None,
+    long: "--addr",
+    value: Some("HOST:PORT"),
+    help: "server address (default $METRICS_ADDR, else 127.0.0.1:8888)",
+};
+const TIMEOUT: Opt = Opt {
+    short: None,
+    long: "--timeout",
+    value: Some("SECS"),
+    help: "connect, read and write timeout (default 15; 0 = none)",
+};
 
-commands:
-  server [PORT]                   serve metrics over TCP (default port 8888)
-  put METRIC VALUE [TIMESTAMP]    store one point (timestamp defaults to now)
-  put -                           store the 'metric value [timestamp]' lines of stdin
-  get METRIC                      print a metric's points; '*' prints every metric
-  bench                           measure a server's throughput and latency
-  help [COMMAND]                  show help for a command
+const MAIN: Spec = Spec {
+    topic: Topic::Main,
+    name: "",
+    forms: &[("help [COMMAND]", "show help for a command")],
+    operands_first: false,
+    about: "",
+    options: &[
+        HELP,
+        Opt {
+            short: Some("-V"),
+            long: "--version",
+            value: None,
+            help: "show the version",
+        },
+    ],
+};
 
-options:
-  -h, --help                      show help
-  -V, --version                   show the version
-
-Client commands read the server address from --addr, else $METRICS_ADDR, else 127.0.0.1:8888.
-Exit codes: 0 success, 1 runtime failure, 2 usage error.
-";
-
-const HELP_SERVER: &str = "\
-usage: metrics server [PORT] [OPTIONS]
-
+const SERVER: Spec = Spec {
+    topic: Topic::Server,
+    name: "server",
+    forms: &[("[PORT]", "serve metrics over TCP (default port 8888)")],
+    operands_first: true,
+    about: "\
 Serves the metrics protocol on PORT (default 8888; 0 picks a free port). Prints
-'listening on ADDR:PORT' on stdout once bound; logs go to stderr.
+'listening on ADDR:PORT' on stdout once bound; logs go to stderr.",
+    options: &[
+        HELP,
+        Opt {
+            short: None,
+            long: "--host",
+            value: Some("ADDR"),
+            help: "address to listen on (default 127.0.0.1; 0.0.0.0 or :: for all)",
+        },
+        Opt {
+            short: None,
+            long: "--data",
+            value: Some("FILE"),
+            help: "append every put to FILE and replay it at start-up\n(default: memory only)",
+        },
+        Opt {
+            short: None,
+            long: "--fsync",
+            value: Some("MODE"),
+            help: "with --data: always, everysec or no (default everysec)",
+        },
+        Opt {
+            short: None,
+            long: "--retention",
+            value: Some("DURATION"),
+            help: "forget points older than DURATION: seconds, or a number\n\
+                   with s, m, h or d (default: keep everything)",
+        },
+        Opt {
+            short: None,
+            long: "--max-line-bytes",
+            value: Some("N"),
+            help: "longest request line (default 65536)",
+        },
+        Opt {
+            short: None,
+            long: "--max-memory",
+            value: Some("SIZE"),
+            help: "most bytes the store may hold: bytes, or a number with K, M\n\
+                   or G (default: half the machine's memory; 0 = no limit)",
+        },
+        Opt {
+            short: None,
+            long: "--max-connections",
+            value: Some("N"),
+            help: "most clients served at once (default 1024)",
+        },
+        Opt {
+            short: None,
+            long: "--idle-timeout",
+            value: Some("SECS"),
+            help: "close connections silent this long (default 0 = never)",
+        },
+        Opt {
+            short: None,
+            long: "--write-timeout",
+            value: Some("SECS"),
+            help: "close connections that leave a reply unread this long (default 30)",
+        },
+        Opt {
+            short: None,
+            long: "--self-metrics",
+            value: Some("SECS"),
+            help: "store the 'stats' figures as metrics.* points every SECS\n\
+                   (default 0 = never)",
+        },
+        Opt {
+            short: None,
+            long: "--forward",
+            value: Some("HOST:PORT"),
+            help: "send every put on to a Graphite plaintext upstream; may be\n\
+                   given more than once",
+        },
+        Opt {
+            short: None,
+            long: "--forward-buffer",
+            value: Some("POINTS"),
+            help: "without --data: unsent points kept per upstream before the\n\
+                   oldest are dropped (default 1000000)",
+        },
+    ],
+};
 
-options:
-  --host ADDR              address to listen on (default 127.0.0.1; 0.0.0.0 or :: for all)
-  --data FILE              append every put to FILE and replay it at start-up
-                           (default: memory only)
-  --fsync MODE             with --data: always, everysec or no (default everysec)
-  --retention DURATION     forget points older than DURATION: seconds, or a number
-                           with s, m, h or d (default: keep everything)
-  --max-line-bytes N       longest request line (default 65536)
-  --max-connections N      most clients served at once (default 1024)
-  --idle-timeout SECS      close connections silent this long (default 0 = never)
-  --write-timeout SECS     close connections that take no reply bytes this long (default 30)
-";
-
-const HELP_PUT: &str = "\
-usage: metrics put [OPTIONS] METRIC VALUE [TIMESTAMP]
-       metrics put [OPTIONS] -
-
+const PUT: Spec = Spec {
+    topic: Topic::Put,
+    name: "put",
+    forms: &[
+        (
+            "METRIC VALUE [TIMESTAMP]",
+            "store one point (timestamp defaults to now)",
+        ),
+        ("-", "store the 'metric value [timestamp]' lines of stdin"),
+    ],
+    operands_first: false,
+    about: "\
 Stores VALUE for METRIC at TIMESTAMP (whole seconds since the epoch; default now).
 Prints nothing on success.
 
 With '-', reads lines 'metric value [timestamp]' from stdin (what 'metrics get'
-prints; Graphite's plaintext format) and sends them pipelined over one connection.
-Each rejected line is reported on stderr with its line number, and the exit code
-is then 1; every other line is stored.
+prints; Graphite's plaintext format) and sends them pipelined over one connection,
+with at most 65536 lines awaiting the server's answer. Each rejected line is
+reported on stderr with its line number, and the exit code is then 1; every other
+line is stored. A line longer than --max-line-bytes, or whose request would be, is
+rejected here, so that the server does not close the connection over it.",
+    options: &[
+        HELP,
+        ADDR,
+        TIMEOUT,
+        Opt {
+            short: None,
+            long: "--max-line-bytes",
+            value: Some("N"),
+            help: "with '-': longest input and request line, as the server's\n\
+                   --max-line-bytes (default 65536)",
+        },
+    ],
+};
 
-options:
-  --addr HOST:PORT         server address (default $METRICS_ADDR, else 127.0.0.1:8888)
-  --timeout SECS           connect, read and write timeout (default 15; 0 = none)
-";
-
-const HELP_BENCH: &str = "\
-usage: metrics bench [OPTIONS]
-
-Loads a server the way redis-benchmark does and prints requests per second, latency
-p50/p99/max and errors. Put requests write increasing timestamps to each key.
-
-options:
-  --addr HOST:PORT         server address (default $METRICS_ADDR, else 127.0.0.1:8888)
-  --timeout SECS           connect, read and write timeout (default 15; 0 = none)
-  -c, --connections N      connections (default 50)
-  -n, --requests N         requests in all (default 100000)
-  -P, --pipeline N         requests per batch on a connection (default 1)
-  --keys N                 distinct metrics (default 1000)
-  --workload KIND          put, get, or mixed (9 puts to 1 get) (default put)
-";
-
-const HELP_GET: &str = "\
-usage: metrics get [OPTIONS] METRIC
-
+const GET: Spec = Spec {
+    topic: Topic::Get,
+    name: "get",
+    forms: &[("METRIC", "print a metric's points; '*' prints every metric")],
+    operands_first: false,
+    about: "\
 Prints METRIC's points as 'metric value timestamp' lines, oldest first; '*' prints
-every metric, sorted by name. This is also Graphite's plaintext format.
+every metric, sorted by name. This is also Graphite's plaintext format.",
+    options: &[HELP, ADDR, TIMEOUT],
+};
 
-options:
-  --addr HOST:PORT         server address (default $METRICS_ADDR, else 127.0.0.1:8888)
-  --timeout SECS           connect, read and write timeout (default 15; 0 = none)
+const BENCH: Spec = Spec {
+    topic: Topic::Bench,
+    name: "bench",
+    forms: &[("", "measure a server's throughput and latency")],
+    operands_first: false,
+    about: "\
+Loads a server the way redis-benchmark does and prints requests per second, latency
+p50/p99/max and errors. Put requests write increasing timestamps to each key,
+starting at 1700000000; keys are named bench.key0, bench.key1, ...",
+    options: &[
+        HELP,
+        ADDR,
+        TIMEOUT,
+        Opt {
+            short: Some("-c"),
+            long: "--connections",
+            value: Some("N"),
+            help: "connections (default 50)",
+        },
+        Opt {
+            short: Some("-n"),
+            long: "--requests",
+            value: Some("N"),
+            help: "requests in all (default 100000)",
+        },
+        Opt {
+            short: Some("-P"),
+            long: "--pipeline",
+            value: Some("N"),
+            help: "requests per batch on a connection (default 1)",
+        },
+        Opt {
+            short: None,
+            long: "--keys",
+            value: Some("N"),
+            help: "distinct metrics (default 1000)",
+        },
+        Opt {
+            short: None,
+            long: "--workload",
+            value: Some("KIND"),
+            help: "put, get, or mixed (9 puts to 1 get) (default put)",
+        },
+    ],
+};
+
+/// Every command, in the order the overview lists them.
+const COMMANDS: [&Spec; 4] = [&SERVER, &PUT, &GET, &BENCH];
+
+const MAIN_ABOUT: &str = "\
+Client commands read the server address from --addr, else $METRICS_ADDR, else 127.0.0.1:8888.
+Exit codes: 0 success, 1 runtime failure, 2 usage error.
 ";
+
+impl Topic {
+    fn spec(self) -> &'static Spec {
+        match self {
+            Topic::Main => &MAIN,
+            Topic::Server => &SERVER,
+            Topic::Put => &PUT,
+            Topic::Get => &GET,
+            Topic::Bench => &BENCH,
+        }
+    }
+
+    /// The one-line usage hint shown after a usage error: every option spelled out.
+    fn usage(self) -> String {
+        if self == Topic::Main {
+            let names: Vec<&str> = COMMANDS.iter().map(|c| c.name).chain(["help"]).collect();
+            return format!("usage: metrics <{}> [ARGS...]", names.join("|"));
+        }
+        let spec = self.spec();
+        let options: Vec<String> = spec
+            .options
+            .iter()
+            .map(|o| match o.value {
+                Some(value) => format!("[{} {value}]", o.short.unwrap_or(o.long)),
+                None => format!("[{}]", o.short.unwrap_or(o.long)),
+            })
+            .collect();
+        let forms: Vec<&str> = spec.forms.iter().map(|f| f.0).collect();
+        spec.synopsis(&options.join(" "), &forms.join(" | "))
+    }
+
+    /// The help page.
+    fn help(self) -> String {
+        let mut out = String::new();
+        if self == Topic::Main {
+            out.push_str(
+                "metrics: a small, fast metric collection server and its client\n\n\
+                 usage: metrics <command> [ARGS...]\n\ncommands:\n",
+            );
+            for spec in COMMANDS.iter().chain([&&MAIN]) {
+                for (form, summary) in spec.forms {
+                    let left = [spec.name, form].join(" ");
+                    out.push_str(&row(left.trim(), summary, 32));
+                }
+            }
+            out.push_str("\noptions:\n");
+            for option in MAIN.options {
+                out.push_str(&row(&option.left(), option.help, 32));
+            }
+            out.push('\n');
+            out.push_str(MAIN_ABOUT);
+            return out;
+        }
+        let spec = self.spec();
+        for (i, (form, _)) in spec.forms.iter().enumerate() {
+            let line = spec.synopsis("[OPTIONS]", form);
+            match i {
+                0 => out.push_str(&line),
+                _ => out.push_str(&line.replacen("usage:", "      ", 1)),
+            }
+            out.push('\n');
+        }
+        out.push('\n');
+        out.push_str(spec.about);
+        out.push_str("\n\noptions:\n");
+        for option in spec.options {
+            out.push_str(&row(&option.left(), option.help, 25));
+        }
+        out
+    }
+}
+
+impl Spec {
+    fn synopsis(&self, options: &str, operands: &str) -> String {
+        let parts = if self.operands_first {
+            [operands, options]
+        } else {
+            [options, operands]
+        };
+        let mut line = format!("usage: metrics {}", self.name);
+        for part in parts.iter().filter(|p| !p.is_empty()) {
+            line.push(' ');
+            line.push_str(part);
+        }
+        line
+    }
+
+    /// The option `arg` names, as `--long` or as one of its short forms.
+    fn option(&self, arg: &str) -> Option<&'static Opt> {
+        self.options
+            .iter()
+            .find(|o| o.long == arg || o.short == Some(arg))
+    }
+}
+
+impl Opt {
+    /// `-c, --connections N`: the left column of a help row.
+    fn left(&self) -> String {
+        let mut left = match self.short {
+            Some(short) => format!("{short}, {}", self.long),
+            None => self.long.to_string(),
+        };
+        if let Some(value) = self.value {
+            left.push(' ');
+            left.push_str(value);
+        }
+        left
+    }
+}
+
+/// `  left   help`, the help in a column `width` wide after two spaces of indent.
+fn row(left: &str, help: &str, width: usize) -> String {
+    let indent = " ".repeat(2 + width);
+    let mut out = format!("  {left:<width$}");
+    if left.len() >= width {
+        out.push('\n');
+        out.push_str(&indent);
+    }
+    for (i, line) in help.split('\n').enumerate() {
+        if i > 0 {
+            out.push('\n');
+            out.push_str(&indent);
+        }
+        out.push_str(line.trim_start());
+    }
+    out.push('\n');
+    out
+}
 
 /// Where and how patiently a client command talks to the server.
 #[derive(Debug, Clone, PartialEq)]
@@ -155,6 +432,8 @@ pub enum Command {
     },
     PutStdin {
         connect: Connect,
+        /// The longest input and request line (`--max-line-bytes`).
+        max_line_bytes: usize,
     },
     Get {
         connect: Connect,
@@ -180,18 +459,21 @@ impl std::error::Error for UsageError {}
 
 /// One command-line argument as the parser sees it.
 enum Arg<'a> {
-    /// `--name`, `--name=value`, or one of the command's short flags such as `-h`.
-    Option(&'a str),
+    /// An option of the command's table, by its long name (`--timeout`), however it was
+    /// written (`-c`, `--name=value`).
+    Option(&'static str),
     Positional(&'a str),
 }
 
-/// A small argument lexer. Only `--name` and a command's known short flags are options, so
+/// A small argument lexer driven by the command's table: only its options are options, so
 /// negative numbers (`-2.25`) and `-` stay positional; `--` ends the options.
 struct Args<'a> {
     rest: std::slice::Iter<'a, &'a str>,
     inline: Option<&'a str>,
     options_done: bool,
-    topic: Topic,
+    spec: &'static Spec,
+    /// The option just read, as written: error messages use it.
+    current: &'a str,
 }
 
 impl<'a> Args<'a> {
@@ -200,11 +482,12 @@ impl<'a> Args<'a> {
             rest: args.iter(),
             inline: None,
             options_done: false,
-            topic,
+            spec: topic.spec(),
+            current: "",
         }
     }
 
-    fn next(&mut self, shorts: &[&str]) -> Result<Option<Arg<'a>>, UsageError> {
+    fn next(&mut self) -> Result<Option<Arg<'a>>, UsageError> {
         if let Some(value) = self.inline.take() {
             return Err(self.error(format!("unexpected value '{value}'")));
         }
@@ -216,56 +499,119 @@ impl<'a> Args<'a> {
         }
         if arg == "--" {
             self.options_done = true;
-            return self.next(shorts);
+            return self.next();
         }
-        if let Some(long) = arg.strip_prefix("--") {
-            return Ok(Some(match long.split_once('=') {
-                Some((name, value)) => {
-                    self.inline = Some(value);
-                    Arg::Option(&arg[..name.len() + 2])
-                }
-                None => Arg::Option(arg),
-            }));
+        let name = match arg.split_once('=') {
+            Some((name, value)) if name.starts_with("--") => {
+                self.inline = Some(value);
+                name
+            }
+            _ => arg,
+        };
+        match self.spec.option(name) {
+            Some(option) => {
+                self.current = name;
+                Ok(Some(Arg::Option(option.long)))
+            }
+            None if name.starts_with("--") => {
+                self.inline = None;
+                Err(self.error(format!("unknown option '{name}'")))
+            }
+            None => Ok(Some(Arg::Positional(arg))),
         }
-        Ok(Some(if shorts.contains(&arg) {
-            Arg::Option(arg)
-        } else {
-            Arg::Positional(arg)
-        }))
     }
 
     /// The value of the option just read: `--name=value` or the next argument.
-    fn value(&mut self, name: &str) -> Result<&'a str, UsageError> {
+    fn value(&mut self) -> Result<&'a str, UsageError> {
         if let Some(value) = self.inline.take() {
             return Ok(value);
         }
         match self.rest.next() {
             Some(&value) => Ok(value),
-            None => Err(self.error(format!("{name} needs a value"))),
+            None => Err(self.error(format!("{} needs a value", self.current))),
         }
     }
 
-    fn number<T: std::str::FromStr>(&mut self, name: &str) -> Result<T, UsageError> {
-        let text = self.value(name)?;
+    fn number<T: std::str::FromStr>(&mut self) -> Result<T, UsageError> {
+        let text = self.value()?;
         text.parse()
-            .map_err(|_| self.error(format!("invalid value for {name}: '{text}'")))
+            .map_err(|_| self.error(format!("invalid value for {}: '{text}'", self.current)))
     }
 
-    /// Seconds, possibly fractional; 0 means none.
-    fn seconds(&mut self, name: &str) -> Result<Option<Duration>, UsageError> {
-        let text = self.value(name)?;
+    /// A count of at least 1.
+    fn count<T: std::str::FromStr + PartialEq + From<u8>>(&mut self) -> Result<T, UsageError> {
+        let count = self.number()?;
+        if count == T::from(0) {
+            return Err(self.error(format!("{} must be at least 1", self.current)));
+        }
+        Ok(count)
+    }
+
+    /// Seconds, possibly fractional; 0 means none. A positive time under a nanosecond would
+    /// become zero, which the socket calls refuse, so it is refused here.
+    fn seconds(&mut self) -> Result<Option<Duration>, UsageError> {
+        let text = self.value()?;
         let secs: f64 = text.parse().unwrap_or(f64::NAN);
+        let name = self.current;
         if !(0.0..=1e9).contains(&secs) {
             return Err(self.error(format!("invalid value for {name}: '{text}' (seconds)")));
         }
-        Ok((secs > 0.0).then(|| Duration::from_secs_f64(secs)))
+        if secs == 0.0 {
+            return Ok(None);
+        }
+        let duration = Duration::from_secs_f64(secs);
+        if duration.is_zero() {
+            return Err(self.error(format!(
+                "invalid value for {name}: '{text}' is under a nanosecond (0 means none)"
+            )));
+        }
+        Ok(Some(duration))
+    }
+
+    /// The server address: `--addr`, else `$METRICS_ADDR`, else the default; checked now, so
+    /// that an address that can never work is a usage error rather than a failed connection.
+    fn addr(&self, flag: Option<&str>, env_addr: Option<&str>) -> Result<String, UsageError> {
+        let (addr, from) = match (flag, env_addr.filter(|a| !a.is_empty())) {
+            (Some(addr), _) => (addr, "--addr"),
+            (None, Some(addr)) => (addr, ADDR_ENV),
+            (None, None) => (defaults::ADDR, "the default"),
+        };
+        check_addr(addr).map_err(|why| {
+            self.error(format!(
+                "invalid address '{}' in {from}: {why}",
+                client::escape_controls(addr)
+            ))
+        })?;
+        Ok(addr.to_string())
     }
 
     fn error(&self, message: String) -> UsageError {
         UsageError {
             message,
-            topic: self.topic,
+            topic: self.spec.topic,
         }
+    }
+}
+
+/// Whether `addr` can be a server address: `HOST:PORT` with a port from 1 to 65535, and an
+/// IPv6 host in brackets (`[::1]:8888`). Whether the host exists is for the connect to say.
+///
+/// # Errors
+/// What is wrong, in words for the user.
+pub fn check_addr(addr: &str) -> Result<(), &'static str> {
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return Err("expected HOST:PORT");
+    };
+    if host.is_empty() {
+        return Err("no host before the port");
+    }
+    let bracketed = host.len() > 2 && host.starts_with('[') && host.ends_with(']');
+    if (host.contains(':') || host.starts_with('[') || host.ends_with(']')) && !bracketed {
+        return Err("an IPv6 address goes in brackets, as in [::1]:8888");
+    }
+    match port.parse::<u16>() {
+        Ok(0) | Err(_) => Err("the port must be a number from 1 to 65535"),
+        Ok(_) => Ok(()),
     }
 }
 
@@ -282,21 +628,31 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
     count.checked_mul(unit).map(Duration::from_secs)
 }
 
+/// Reads `1048576`, `300K`, `512M` or `4G` (powers of 1024): a number of bytes.
+pub fn parse_size(text: &str) -> Option<usize> {
+    let (number, unit) = match text.char_indices().last()? {
+        (at, 'K' | 'k') => (&text[..at], 1 << 10),
+        (at, 'M' | 'm') => (&text[..at], 1 << 20),
+        (at, 'G' | 'g') => (&text[..at], 1 << 30),
+        _ => (text, 1),
+    };
+    let count: usize = number.parse().ok()?;
+    count.checked_mul(unit)
+}
+
 fn topic_named(name: &str) -> Option<Topic> {
-    match name {
-        "server" => Some(Topic::Server),
-        "put" => Some(Topic::Put),
-        "get" => Some(Topic::Get),
-        "bench" => Some(Topic::Bench),
-        _ => None,
-    }
+    COMMANDS
+        .iter()
+        .find(|spec| spec.name == name)
+        .map(|spec| spec.topic)
 }
 
 /// Reads a command line (without the program name). `env_addr` is `$METRICS_ADDR`.
 ///
 /// # Errors
 /// A [`UsageError`] for anything that cannot run: unknown command or option, wrong number of
-/// arguments, a value or timestamp that is not a number, a value that is not finite.
+/// arguments, a value or timestamp that is not a number, a value that is not finite, an address
+/// without a valid port, a timeout under a nanosecond.
 pub fn parse(args: &[&str], env_addr: Option<&str>) -> Result<Command, UsageError> {
     // `metrics --addr X get m` reads as `metrics get --addr X m`.
     let mut leading = 0;
@@ -313,24 +669,29 @@ pub fn parse(args: &[&str], env_addr: Option<&str>) -> Result<Command, UsageErro
         moved.extend_from_slice(&args[leading + 1..]);
         return parse(&moved, env_addr);
     }
-    let main = Args::new(&[], Topic::Main);
+    let main = Args::new(args, Topic::Main);
     let Some((&command, rest)) = args.split_first() else {
         return Err(main.error("no command given".into()));
     };
-    match command {
-        "-h" | "--help" => Ok(Command::Help(Topic::Main)),
-        "-V" | "--version" => Ok(Command::Version),
-        "help" => match rest {
+    if let Some(topic) = topic_named(command) {
+        return match topic {
+            Topic::Server => parse_server(rest),
+            Topic::Bench => parse_bench(rest, env_addr),
+            _ => parse_client(topic, rest, env_addr),
+        };
+    }
+    match MAIN.option(command).map(|option| option.long) {
+        Some("--help") => Ok(Command::Help(Topic::Main)),
+        Some("--version") => Ok(Command::Version),
+        Some(other) => Err(unhandled(&main, other)),
+        None if command == "help" => match rest {
             [] => Ok(Command::Help(Topic::Main)),
             [name] => topic_named(name)
                 .map(Command::Help)
                 .ok_or_else(|| main.error(format!("no help for unknown command '{name}'"))),
             _ => Err(main.error("help takes at most one command".into())),
         },
-        "server" => parse_server(rest),
-        "put" | "get" => parse_client(command, rest, env_addr),
-        "bench" => parse_bench(rest, env_addr),
-        _ => Err(main.error(format!("unknown command '{command}'"))),
+        None => Err(main.error(format!("unknown command '{command}'"))),
     }
 }
 
@@ -338,28 +699,25 @@ fn parse_server(args: &[&str]) -> Result<Command, UsageError> {
     let mut args = Args::new(args, Topic::Server);
     let mut config = Config::default();
     let mut port = None;
-    while let Some(arg) = args.next(&["-h"])? {
+    while let Some(arg) = args.next()? {
         match arg {
-            Arg::Option("-h" | "--help") => return Ok(Command::Help(Topic::Server)),
-            Arg::Option("--host") => config.host = args.value("--host")?.to_string(),
-            Arg::Option("--max-line-bytes") => {
-                config.max_line_bytes = args.number("--max-line-bytes")?;
-                if config.max_line_bytes == 0 {
-                    return Err(args.error("--max-line-bytes must be at least 1".into()));
-                }
+            Arg::Option("--help") => return Ok(Command::Help(Topic::Server)),
+            Arg::Option("--host") => config.host = args.value()?.to_string(),
+            Arg::Option("--max-line-bytes") => config.max_line_bytes = args.count()?,
+            Arg::Option("--max-connections") => config.max_connections = args.count()?,
+            Arg::Option("--max-memory") => {
+                let text = args.value()?;
+                let size = parse_size(text).ok_or_else(|| {
+                    args.error(format!(
+                        "invalid --max-memory '{text}' (bytes, or a number with K, M or G)"
+                    ))
+                })?;
+                config.max_memory = (size > 0).then_some(size);
             }
-            Arg::Option("--max-connections") => {
-                config.max_connections = args.number("--max-connections")?;
-                if config.max_connections == 0 {
-                    return Err(args.error("--max-connections must be at least 1".into()));
-                }
-            }
-            Arg::Option("--idle-timeout") => {
-                config.idle_timeout = args.seconds("--idle-timeout")?
-            }
-            Arg::Option("--data") => config.data = Some(args.value("--data")?.into()),
+            Arg::Option("--idle-timeout") => config.idle_timeout = args.seconds()?,
+            Arg::Option("--data") => config.data = Some(args.value()?.into()),
             Arg::Option("--fsync") => {
-                let text = args.value("--fsync")?;
+                let text = args.value()?;
                 config.fsync = Fsync::parse(text).ok_or_else(|| {
                     args.error(format!(
                         "unknown --fsync mode '{text}' (always, everysec or no)"
@@ -367,7 +725,7 @@ fn parse_server(args: &[&str]) -> Result<Command, UsageError> {
                 })?;
             }
             Arg::Option("--retention") => {
-                let text = args.value("--retention")?;
+                let text = args.value()?;
                 config.retention = Some(parse_duration(text).ok_or_else(|| {
                     args.error(format!(
                         "invalid --retention '{text}' (seconds, or a number with s, m, h or d)"
@@ -376,10 +734,19 @@ fn parse_server(args: &[&str]) -> Result<Command, UsageError> {
             }
             Arg::Option("--write-timeout") => {
                 config.write_timeout = args
-                    .seconds("--write-timeout")?
+                    .seconds()?
                     .ok_or_else(|| args.error("--write-timeout must be more than 0".into()))?;
             }
-            Arg::Option(other) => return Err(args.error(format!("unknown option '{other}'"))),
+            Arg::Option("--self-metrics") => config.self_metrics = args.seconds()?,
+            Arg::Option("--forward") => {
+                let addr = args.value()?;
+                check_addr(addr).map_err(|problem| {
+                    args.error(format!("invalid --forward '{addr}': {problem}"))
+                })?;
+                config.forward.push(addr.to_string());
+            }
+            Arg::Option("--forward-buffer") => config.forward_buffer = args.count()?,
+            Arg::Option(other) => return Err(unhandled(&args, other)),
             Arg::Positional(text) if port.is_none() => {
                 port = Some(
                     text.parse()
@@ -395,31 +762,34 @@ fn parse_server(args: &[&str]) -> Result<Command, UsageError> {
     Ok(Command::Server(config))
 }
 
+/// An option in the table that the parser has no arm for: a bug the unit tests catch.
+fn unhandled(args: &Args<'_>, option: &str) -> UsageError {
+    args.error(format!("option '{option}' is not handled"))
+}
+
 fn parse_client(
-    command: &str,
+    topic: Topic,
     args: &[&str],
     env_addr: Option<&str>,
 ) -> Result<Command, UsageError> {
-    let topic = if command == "put" {
-        Topic::Put
-    } else {
-        Topic::Get
-    };
+    let command = topic.spec().name;
     let mut args = Args::new(args, topic);
     let mut addr = None;
     let mut timeout = Some(defaults::TIMEOUT);
+    let mut max_line_bytes = None;
     let mut positional = Vec::new();
-    while let Some(arg) = args.next(&["-h"])? {
+    while let Some(arg) = args.next()? {
         match arg {
-            Arg::Option("-h" | "--help") => return Ok(Command::Help(topic)),
-            Arg::Option("--addr") => addr = Some(args.value("--addr")?.to_string()),
-            Arg::Option("--timeout") => timeout = args.seconds("--timeout")?,
-            Arg::Option(other) => return Err(args.error(format!("unknown option '{other}'"))),
+            Arg::Option("--help") => return Ok(Command::Help(topic)),
+            Arg::Option("--addr") => addr = Some(args.value()?),
+            Arg::Option("--timeout") => timeout = args.seconds()?,
+            Arg::Option("--max-line-bytes") => max_line_bytes = Some(args.count()?),
+            Arg::Option(other) => return Err(unhandled(&args, other)),
             Arg::Positional(text) => positional.push(text),
         }
     }
     let connect = Connect {
-        addr: server_addr(addr, env_addr),
+        addr: args.addr(addr, env_addr)?,
         timeout,
     };
     let check_metric = |metric: &str, for_put| match protocol::check_metric(metric, for_put) {
@@ -427,8 +797,14 @@ fn parse_client(
         Ok(()) => Ok(metric.to_string()),
     };
     match (topic, positional.as_slice()) {
-        (Topic::Put, ["-"]) => Ok(Command::PutStdin { connect }),
+        (Topic::Put, ["-"]) => Ok(Command::PutStdin {
+            connect,
+            max_line_bytes: max_line_bytes.unwrap_or(bulk::MAX_LINE_BYTES),
+        }),
         (Topic::Put, [metric, value, rest @ ..]) if rest.len() <= 1 => {
+            if max_line_bytes.is_some() {
+                return Err(args.error("--max-line-bytes is for 'put -' only".into()));
+            }
             let metric = check_metric(metric, true)?;
             let value = protocol::parse_value(value).map_err(|e| match e {
                 RequestError::NonFiniteValue => {
@@ -459,41 +835,32 @@ fn parse_client(
     }
 }
 
-/// The server address: `--addr`, else `$METRICS_ADDR`, else the default.
-fn server_addr(flag: Option<String>, env_addr: Option<&str>) -> String {
-    flag.or_else(|| env_addr.filter(|a| !a.is_empty()).map(String::from))
-        .unwrap_or_else(|| defaults::ADDR.to_string())
-}
-
 fn parse_bench(args: &[&str], env_addr: Option<&str>) -> Result<Command, UsageError> {
     let mut args = Args::new(args, Topic::Bench);
     let mut config = BenchConfig::default();
     let mut addr = None;
-    while let Some(arg) = args.next(&["-h", "-c", "-n", "-P"])? {
+    while let Some(arg) = args.next()? {
         match arg {
-            Arg::Option("-h" | "--help") => return Ok(Command::Help(Topic::Bench)),
-            Arg::Option("--addr") => addr = Some(args.value("--addr")?.to_string()),
-            Arg::Option("--timeout") => config.timeout = args.seconds("--timeout")?,
-            Arg::Option("-c" | "--connections") => config.connections = args.number("-c")?,
-            Arg::Option("-n" | "--requests") => config.requests = args.number("-n")?,
-            Arg::Option("-P" | "--pipeline") => config.pipeline = args.number("-P")?,
-            Arg::Option("--keys") => config.keys = args.number("--keys")?,
+            Arg::Option("--help") => return Ok(Command::Help(Topic::Bench)),
+            Arg::Option("--addr") => addr = Some(args.value()?),
+            Arg::Option("--timeout") => config.timeout = args.seconds()?,
+            Arg::Option("--connections") => config.connections = args.count()?,
+            Arg::Option("--requests") => config.requests = args.number()?,
+            Arg::Option("--pipeline") => config.pipeline = args.count()?,
+            Arg::Option("--keys") => config.keys = args.count()?,
             Arg::Option("--workload") => {
-                let text = args.value("--workload")?;
+                let text = args.value()?;
                 config.workload = Workload::parse(text).ok_or_else(|| {
                     args.error(format!("unknown workload '{text}' (put, get or mixed)"))
                 })?;
             }
-            Arg::Option(other) => return Err(args.error(format!("unknown option '{other}'"))),
+            Arg::Option(other) => return Err(unhandled(&args, other)),
             Arg::Positional(text) => {
                 return Err(args.error(format!("unexpected argument '{text}'")))
             }
         }
     }
-    if config.connections == 0 || config.pipeline == 0 || config.keys == 0 {
-        return Err(args.error("-c, -P and --keys must be at least 1".into()));
-    }
-    config.addr = server_addr(addr, env_addr);
+    config.addr = args.addr(addr, env_addr)?;
     Ok(Command::Bench(config))
 }
 
@@ -521,19 +888,47 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
     }
 }
 
+/// Writes a diagnostic to stderr. A stderr that is closed or that nobody reads any more changes
+/// nothing: the exit code still says what happened (`eprintln!` would panic, exit 101).
+fn say(text: &str) {
+    let mut stderr = io::stderr().lock();
+    let _ = stderr.write_all(text.as_bytes());
+    let _ = stderr.flush();
+}
+
 fn usage_failure(e: &UsageError) -> ExitCode {
-    eprintln!("metrics: {e}\n{}", e.topic.usage());
+    say(&format!("metrics: {e}\n{}\n", e.topic.usage()));
     ExitCode::from(2)
 }
 
-fn failure(message: impl fmt::Display) -> ExitCode {
-    eprintln!("metrics: {message}");
+/// An error and its sources, joined with `": "`: each error's `Display` says only its own part.
+pub fn chain(error: &dyn Error) -> String {
+    let mut text = error.to_string();
+    let mut next = error.source();
+    while let Some(source) = next {
+        let part = source.to_string();
+        // An error from elsewhere that prints its source itself would repeat it.
+        if !text.ends_with(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        next = source.source();
+    }
+    text
+}
+
+fn failure(error: &dyn Error) -> ExitCode {
+    fail(&chain(error))
+}
+
+fn fail(message: &str) -> ExitCode {
+    say(&format!("metrics: {message}\n"));
     ExitCode::FAILURE
 }
 
 fn execute(command: Command) -> ExitCode {
     match command {
-        Command::Help(topic) => print_quietly(topic.help()),
+        Command::Help(topic) => print_quietly(&topic.help()),
         Command::Version => print_quietly(&format!("metrics {}\n", env!("CARGO_PKG_VERSION"))),
         Command::Server(config) => serve(config),
         Command::Put {
@@ -545,17 +940,20 @@ fn execute(command: Command) -> ExitCode {
             .and_then(|mut client| client.put(&metric, value, timestamp))
         {
             Ok(()) => ExitCode::SUCCESS,
-            Err(e) => failure(e),
+            Err(e) => failure(&e),
         },
-        Command::PutStdin { connect } => put_stdin(&connect),
+        Command::PutStdin {
+            connect,
+            max_line_bytes,
+        } => put_stdin(connect, max_line_bytes),
         Command::Get { connect, metric } => get(&connect, &metric),
         Command::Bench(config) => match bench::run(&config) {
             Ok(report) if report.errors == 0 => print_quietly(&report.to_string()),
             Ok(report) => {
                 print_quietly(&report.to_string());
-                failure(format!("{} requests failed", report.errors))
+                fail(&format!("{} requests failed", report.errors))
             }
-            Err(e) => failure(e),
+            Err(e) => failure(&e),
         },
     }
 }
@@ -563,7 +961,9 @@ fn execute(command: Command) -> ExitCode {
 /// Prints to stdout; a reader that went away is not an error.
 fn print_quietly(text: &str) -> ExitCode {
     match io::stdout().lock().write_all(text.as_bytes()) {
-        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => failure(e),
+        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => {
+            fail(&format!("cannot write output: {e}"))
+        }
         _ => ExitCode::SUCCESS,
     }
 }
@@ -571,11 +971,11 @@ fn print_quietly(text: &str) -> ExitCode {
 fn serve(config: Config) -> ExitCode {
     let server = match Server::bind(config) {
         Ok(server) => server,
-        Err(e) => return failure(e),
+        Err(e) => return failure(&e),
     };
     let addr = match server.local_addr() {
         Ok(addr) => addr,
-        Err(e) => return failure(format!("cannot read the listening address: {e}")),
+        Err(e) => return fail(&format!("cannot read the listening address: {e}")),
     };
     let mut stdout = io::stdout().lock();
     // Scripts and tests wait for this line; a closed stdout must not stop the server.
@@ -583,22 +983,21 @@ fn serve(config: Config) -> ExitCode {
     drop(stdout);
     match server.run() {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => failure(e),
+        Err(e) => failure(&e),
     }
 }
 
-fn put_stdin(connect: &Connect) -> ExitCode {
-    let stdin = io::stdin().lock();
-    match bulk::put_lines(
-        stdin,
-        &connect.addr,
-        connect.timeout,
-        &bulk::report_to_stderr,
-    ) {
+fn put_stdin(connect: Connect, max_line_bytes: usize) -> ExitCode {
+    let options = bulk::Options {
+        addr: connect.addr,
+        timeout: connect.timeout,
+        max_line_bytes,
+    };
+    match bulk::put_lines(io::stdin().lock(), &options, &bulk::report_to_stderr) {
         // Each rejected line has been reported already.
         Ok(summary) if summary.rejected == 0 => ExitCode::SUCCESS,
         Ok(_) => ExitCode::FAILURE,
-        Err(e) => failure(e),
+        Err(e) => failure(&e),
     }
 }
 
@@ -625,8 +1024,8 @@ fn get(connect: &Connect, metric: &str) -> ExitCode {
     };
     match (result, flushed) {
         (_, Err(e)) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
-        (_, Err(e)) => failure(format!("cannot write output: {e}")),
-        (Err(e), Ok(())) => failure(e),
+        (_, Err(e)) => fail(&format!("cannot write output: {e}")),
+        (Err(e), Ok(())) => failure(&e),
         (Ok(()), Ok(())) => ExitCode::SUCCESS,
     }
 }
@@ -733,6 +1132,26 @@ mod tests {
     }
 
     #[test]
+    fn sizes_take_a_unit() {
+        assert_eq!(parse_size("1048576"), Some(1 << 20));
+        assert_eq!(parse_size("300K"), Some(300 << 10));
+        assert_eq!(parse_size("512M"), Some(512 << 20));
+        assert_eq!(parse_size("4g"), Some(4 << 30));
+        assert_eq!(parse_size("0"), Some(0));
+        for bad in ["", "M", "-1", "1.5G", "5T", "99999999999999999999G"] {
+            assert_eq!(parse_size(bad), None, "{bad}");
+        }
+        match parse_ok(&["server", "--max-memory", "0"]) {
+            Command::Server(config) => assert_eq!(config.max_memory, None),
+            other => panic!("{other:?}"),
+        }
+        match parse_ok(&["server", "--max-memory=2M"]) {
+            Command::Server(config) => assert_eq!(config.max_memory, Some(2 << 20)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn durations_take_a_unit() {
         assert_eq!(parse_duration("90"), Some(Duration::from_secs(90)));
         assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
@@ -794,5 +1213,216 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// Arguments that make the parser take `option` of `topic`, with a value if it has one.
+    fn with_option(topic: Topic, option: &Opt) -> Vec<&'static str> {
+        let mut args = match topic {
+            Topic::Main => vec![],
+            _ => vec![topic.spec().name],
+        };
+        args.push(option.long);
+        if let Some(value) = option.value {
+            args.push(match value {
+                "HOST:PORT" => "127.0.0.1:9",
+                "MODE" => "always",
+                "SIZE" => "300K",
+                "DURATION" => "7d",
+                "KIND" => "mixed",
+                "FILE" | "ADDR" => "x",
+                _ => "3",
+            });
+        }
+        if topic == Topic::Put {
+            args.push("-");
+        }
+        args
+    }
+
+    #[test]
+    fn every_option_in_the_table_is_parsed_and_shown_in_help_and_usage() {
+        for topic in [
+            Topic::Main,
+            Topic::Server,
+            Topic::Put,
+            Topic::Get,
+            Topic::Bench,
+        ] {
+            let (help, usage) = (topic.help(), topic.usage());
+            for option in topic.spec().options {
+                let args = with_option(topic, option);
+                let args = if topic == Topic::Get {
+                    [&args[..], &["m"]].concat()
+                } else {
+                    args
+                };
+                match parse(&args, None) {
+                    Ok(_) => {}
+                    Err(e) => panic!("{args:?}: {e}"),
+                }
+                if let Some(short) = option.short {
+                    let mut args = args.clone();
+                    let at = args.iter().position(|a| *a == option.long).unwrap();
+                    args[at] = short;
+                    assert!(parse(&args, None).is_ok(), "{args:?}");
+                }
+                assert!(
+                    help.contains(&option.left()),
+                    "{topic:?} help lacks {}",
+                    option.long
+                );
+                if topic != Topic::Main {
+                    let shown = option.short.unwrap_or(option.long);
+                    assert!(
+                        usage.contains(&format!("[{shown}")),
+                        "{topic:?} usage lacks {shown}"
+                    );
+                }
+            }
+            // Options of other commands are not options here.
+            if topic != Topic::Main {
+                let name = topic.spec().name;
+                assert_eq!(
+                    parse(&[name, "--nonsense"], None).unwrap_err().message,
+                    "unknown option '--nonsense'"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn usage_and_help_list_every_command() {
+        let (usage, help) = (Topic::Main.usage(), Topic::Main.help());
+        assert_eq!(
+            usage,
+            "usage: metrics <server|put|get|bench|help> [ARGS...]"
+        );
+        for spec in COMMANDS {
+            assert!(
+                help.contains(&format!("\n  {}", spec.name)),
+                "{}",
+                spec.name
+            );
+            assert_eq!(topic_named(spec.name), Some(spec.topic));
+            assert_eq!(parse_ok(&["help", spec.name]), Command::Help(spec.topic));
+            assert!(spec
+                .topic
+                .help()
+                .starts_with(&format!("usage: metrics {} ", spec.name)));
+            assert!(spec
+                .topic
+                .usage()
+                .starts_with(&format!("usage: metrics {} ", spec.name)));
+            assert!(!spec.topic.usage().contains('\n'));
+        }
+        assert!(Topic::Bench.usage().contains("[--timeout SECS]"));
+        assert_eq!(
+            Topic::Put.usage(),
+            "usage: metrics put [-h] [--addr HOST:PORT] [--timeout SECS] [--max-line-bytes N] \
+             METRIC VALUE [TIMESTAMP] | -"
+        );
+        assert!(Topic::Put
+            .help()
+            .starts_with("usage: metrics put [OPTIONS] METRIC VALUE [TIMESTAMP]\n       metrics put [OPTIONS] -\n"));
+    }
+
+    #[test]
+    fn addresses_that_cannot_work_are_usage_errors() {
+        for addr in [
+            "127.0.0.1:99999",
+            "::1",
+            "",
+            "localhost",
+            "host:",
+            ":8888",
+            "h:0",
+            "::1:8888",
+            "[]:1",
+        ] {
+            let e = parse_err(&["get", "--addr", addr, "m"]);
+            assert!(e.message.starts_with("invalid address"), "{addr}: {e}");
+            assert_eq!(e.topic, Topic::Get);
+        }
+        for addr in [
+            "127.0.0.1:1",
+            "[::1]:8888",
+            "localhost:8888",
+            "example.com:65535",
+        ] {
+            assert!(parse(&["get", "--addr", addr, "m"], None).is_ok(), "{addr}");
+        }
+        let e = parse(&["put", "m", "1"], Some("127.0.0.1:99999")).unwrap_err();
+        assert!(e.message.contains("in METRICS_ADDR"), "{e}");
+        assert!(parse(&["bench", "--addr", "::1"], None).is_err());
+    }
+
+    #[test]
+    fn a_timeout_under_a_nanosecond_is_a_usage_error() {
+        for args in [
+            &["get", "--timeout", "1e-12", "m"][..],
+            &["bench", "--timeout", "1e-10"],
+            &["server", "--idle-timeout", "1e-10"],
+            &["server", "--write-timeout", "1e-10"],
+        ] {
+            assert!(
+                parse_err(args).message.contains("under a nanosecond"),
+                "{args:?}"
+            );
+        }
+        match parse_ok(&["get", "--timeout", "1e-9", "m"]) {
+            Command::Get { connect, .. } => {
+                assert_eq!(connect.timeout, Some(Duration::from_nanos(1)))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn put_dash_takes_a_line_limit() {
+        match parse_ok(&["put", "--max-line-bytes", "40", "-"]) {
+            Command::PutStdin { max_line_bytes, .. } => assert_eq!(max_line_bytes, 40),
+            other => panic!("{other:?}"),
+        }
+        match parse_ok(&["put", "-"]) {
+            Command::PutStdin { max_line_bytes, .. } => assert_eq!(max_line_bytes, 65536),
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["put", "--max-line-bytes", "0", "-"], None).is_err());
+        assert!(parse(&["put", "--max-line-bytes", "9", "m", "1"], None).is_err());
+    }
+
+    #[derive(Debug)]
+    struct Outer(Inner);
+    #[derive(Debug)]
+    struct Inner;
+    impl fmt::Display for Outer {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("cannot frob")
+        }
+    }
+    impl fmt::Display for Inner {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("disk full")
+        }
+    }
+    impl Error for Outer {
+        fn source(&self) -> Option<&(dyn Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+    impl Error for Inner {}
+
+    #[test]
+    fn an_error_prints_with_its_sources() {
+        assert_eq!(chain(&Outer(Inner)), "cannot frob: disk full");
+        assert_eq!(chain(&Inner), "disk full");
+        let e = bulk::BulkError::Interrupted {
+            stored: 2,
+            source: crate::client::ClientError::Io(io::Error::other("reset")),
+        };
+        assert_eq!(
+            chain(&e),
+            "stopped after at least 2 lines were stored: connection failed: reset"
+        );
     }
 }

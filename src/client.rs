@@ -3,8 +3,9 @@
 
 use crate::defaults::now;
 use crate::protocol::{self, MalformedReply, Reply, ReplyParser, Request, Selector};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::ops::ControlFlow;
@@ -13,10 +14,19 @@ use std::time::Duration;
 /// Points by metric name, each metric's points as `(timestamp, value)` sorted by timestamp.
 pub type Points = BTreeMap<String, Vec<(i64, f64)>>;
 
-/// The longest reply line the client accepts; a longer one is a malformed reply.
+/// The longest reply line the client accepts, without its `\n`; a longer one is a malformed
+/// reply. Point lines are handed on one at a time, so this bounds what a reply of any length
+/// makes the client hold.
 pub const MAX_REPLY_LINE: u64 = 1 << 20;
 
+/// The longest error message the client accepts, all its lines together; a longer one is a
+/// malformed reply, so a server that sends `error` and then endless lines costs at most this.
+pub const MAX_ERROR_MESSAGE: u64 = 64 * 1024;
+
 /// What can go wrong talking to a server.
+///
+/// `Display` gives what failed, `source()` the underlying error, never both: print the chain
+/// (as the CLI does, joined with `": "`) to see everything once.
 #[derive(Debug)]
 pub enum ClientError {
     /// An argument that can never be valid; nothing was sent.
@@ -24,12 +34,18 @@ pub enum ClientError {
     /// The server address could not be resolved.
     Resolve(io::Error),
     /// No connection could be made.
-    Connect { addr: String, source: io::Error },
+    Connect {
+        /// The address tried last.
+        addr: String,
+        /// Why it failed.
+        source: io::Error,
+    },
     /// The connection failed, timed out or closed mid-reply.
     Io(io::Error),
-    /// The server answered with an error reply; this is its message.
+    /// The server answered with an error reply; this is its message, as sent. `Display` shows
+    /// it with control characters escaped.
     Server(String),
-    /// The server's reply does not follow the protocol.
+    /// The server's reply does not follow the protocol, or is over a size limit.
     Malformed(String),
 }
 
@@ -37,18 +53,20 @@ impl fmt::Display for ClientError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ClientError::InvalidArgument(what) => write!(f, "invalid argument: {what}"),
-            ClientError::Resolve(e) => write!(f, "cannot resolve the server address: {e}"),
-            ClientError::Connect { addr, source } => {
-                write!(f, "cannot connect to {addr}: {source}")
-            }
-            ClientError::Io(e) => match e.kind() {
+            ClientError::Resolve(_) => f.write_str("cannot resolve the server address"),
+            ClientError::Connect { addr, .. } => write!(f, "cannot connect to {addr}"),
+            ClientError::Io(e) => f.write_str(match e.kind() {
                 io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => {
-                    f.write_str("timed out waiting for the server")
+                    "timed out waiting for the server"
                 }
-                io::ErrorKind::UnexpectedEof => f.write_str("connection closed by the server"),
-                _ => write!(f, "connection failed: {e}"),
-            },
-            ClientError::Server(message) => write!(f, "server replied with an error: {message}"),
+                io::ErrorKind::UnexpectedEof => "connection closed by the server",
+                _ => "connection failed",
+            }),
+            ClientError::Server(message) => write!(
+                f,
+                "server replied with an error: {}",
+                escape_controls(message)
+            ),
             ClientError::Malformed(what) => write!(f, "malformed reply from the server: {what}"),
         }
     }
@@ -57,8 +75,15 @@ impl fmt::Display for ClientError {
 impl std::error::Error for ClientError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            ClientError::Resolve(e) | ClientError::Io(e) => Some(e),
+            ClientError::Resolve(e) => Some(e),
             ClientError::Connect { source, .. } => Some(source),
+            // A timeout and an end of stream say all there is in `Display`.
+            ClientError::Io(e) => match e.kind() {
+                io::ErrorKind::TimedOut
+                | io::ErrorKind::WouldBlock
+                | io::ErrorKind::UnexpectedEof => None,
+                _ => Some(e),
+            },
             _ => None,
         }
     }
@@ -80,6 +105,33 @@ impl From<MalformedReply> for ClientError {
     fn from(e: MalformedReply) -> Self {
         ClientError::Malformed(e.0)
     }
+}
+
+/// Text from the server made safe to show on a terminal: control characters (C0, DEL, C1), line
+/// and paragraph separators and bidirectional overrides are escaped as Rust's `{:?}` writes them
+/// (`\n`, `\u{1b}`), so a message can neither move the cursor nor start an escape sequence, and
+/// it stays on one line. Other text is unchanged.
+pub fn escape_controls(text: &str) -> Cow<'_, str> {
+    fn unsafe_char(c: char) -> bool {
+        c.is_control()
+            || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    }
+    if !text.chars().any(unsafe_char) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if unsafe_char(c) => {
+                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
 }
 
 /// Opens a TCP connection to `addr`; `timeout` bounds the connect and every later read and
@@ -121,7 +173,9 @@ pub fn connect_stream<A: ToSocketAddrs>(
     }))
 }
 
-/// Reads whole replies from a byte stream, a large buffer at a time.
+/// Reads whole replies from a byte stream, a large buffer at a time. It holds at most one reply
+/// line ([`MAX_REPLY_LINE`]) and one error message ([`MAX_ERROR_MESSAGE`]) however long a reply
+/// is: points go to a callback as they are read.
 #[derive(Debug)]
 pub struct ReplyReader<R> {
     inner: R,
@@ -130,6 +184,10 @@ pub struct ReplyReader<R> {
     end: usize,
     parser: ReplyParser,
     reads: u64,
+    /// The next line is a reply's status line.
+    at_status: bool,
+    /// Inside an error reply: the length of its message so far.
+    message: Option<u64>,
 }
 
 impl<R: Read> ReplyReader<R> {
@@ -148,6 +206,8 @@ impl<R: Read> ReplyReader<R> {
             end: 0,
             parser: ReplyParser::default(),
             reads: 0,
+            at_status: true,
+            message: None,
         }
     }
 
@@ -156,8 +216,8 @@ impl<R: Read> ReplyReader<R> {
     ///
     /// # Errors
     /// [`ClientError::Io`] when the stream fails, times out or ends mid-reply;
-    /// [`ClientError::Malformed`] for a reply that breaks the protocol or a line over
-    /// [`MAX_REPLY_LINE`] bytes.
+    /// [`ClientError::Malformed`] for a reply that breaks the protocol, a line over
+    /// [`MAX_REPLY_LINE`] bytes or an error message over [`MAX_ERROR_MESSAGE`] bytes.
     pub fn read_reply(
         &mut self,
         each: &mut dyn FnMut(&str, f64, i64) -> ControlFlow<()>,
@@ -167,6 +227,7 @@ impl<R: Read> ReplyReader<R> {
             if let Some(len) = protocol::find_newline(pending) {
                 let line = &pending[..len];
                 self.start += len + 1;
+                Self::track(&mut self.at_status, &mut self.message, line)?;
                 let mut stopped = false;
                 let reply = self.parser.feed(line, |metric, value, timestamp| {
                     stopped = stopped || each(metric, value, timestamp).is_break();
@@ -175,12 +236,38 @@ impl<R: Read> ReplyReader<R> {
                     return Ok(None);
                 }
                 match reply {
-                    Some(reply) => return Ok(Some(reply)),
+                    Some(reply) => {
+                        (self.at_status, self.message) = (true, None);
+                        return Ok(Some(reply));
+                    }
                     None => continue,
                 }
             }
             self.fill()?;
         }
+    }
+
+    /// Follows the reply's shape as far as the size of its error message needs: the parser
+    /// would otherwise gather a message of any length.
+    fn track(
+        at_status: &mut bool,
+        message: &mut Option<u64>,
+        line: &[u8],
+    ) -> Result<(), ClientError> {
+        if std::mem::take(at_status) {
+            if line == b"error" {
+                *message = Some(0);
+            }
+        } else if let Some(total) = message {
+            // Lines are joined with `\n`; the first one has nothing before it.
+            *total += line.len() as u64 + u64::from(*total > 0 && !line.is_empty());
+            if *total > MAX_ERROR_MESSAGE {
+                return Err(ClientError::Malformed(format!(
+                    "an error message is longer than {MAX_ERROR_MESSAGE} bytes"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Reads more bytes, keeping the partial line at the front of the buffer.
@@ -259,12 +346,17 @@ impl Client {
             value,
             timestamp,
         };
-        let points = self.call(request, |_, _, _| ControlFlow::Continue(()))?;
-        if points > 0 {
+        // A point line cannot belong to a put's reply: stop at the first rather than read on.
+        let mut point = false;
+        let points = self.call(request, |_, _, _| {
+            point = true;
+            ControlFlow::Break(())
+        })?;
+        if point || points > 0 {
             self.close();
-            return Err(ClientError::Malformed(format!(
-                "{points} point lines in the reply to a put"
-            )));
+            return Err(ClientError::Malformed(
+                "a point line in the reply to a put".into(),
+            ));
         }
         Ok(())
     }
@@ -365,11 +457,151 @@ mod tests {
     }
 
     #[test]
-    fn io_errors_have_a_source() {
+    fn io_errors_have_a_source_unless_display_says_it_all() {
         use std::error::Error;
-        assert!(ClientError::Io(io::ErrorKind::TimedOut.into())
+        assert!(ClientError::Io(io::ErrorKind::ConnectionReset.into())
             .source()
             .is_some());
+        assert!(ClientError::Io(io::ErrorKind::TimedOut.into())
+            .source()
+            .is_none());
         assert!(ClientError::Server("x".into()).source().is_none());
+    }
+
+    /// Every variant: `Display` never repeats what `source()` gives, so a printed chain says
+    /// each part once.
+    fn every_client_error() -> Vec<ClientError> {
+        let os = || io::Error::other("os says no");
+        vec![
+            ClientError::InvalidArgument("metric name is empty".into()),
+            ClientError::Resolve(os()),
+            ClientError::Connect {
+                addr: "127.0.0.1:1".into(),
+                source: os(),
+            },
+            ClientError::Io(os()),
+            ClientError::Io(io::ErrorKind::TimedOut.into()),
+            ClientError::Io(io::ErrorKind::WouldBlock.into()),
+            ClientError::Io(io::ErrorKind::UnexpectedEof.into()),
+            ClientError::Server("disk full".into()),
+            ClientError::Malformed("bad point line".into()),
+        ]
+    }
+
+    #[test]
+    fn no_error_prints_its_source() {
+        use std::error::Error;
+        for e in every_client_error() {
+            if let Some(source) = e.source() {
+                assert!(!e.to_string().contains(&source.to_string()), "{e:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn server_text_is_shown_with_control_characters_escaped() {
+        let e = ClientError::Server("bad\n\x1b[31mred\u{7}\r\u{2028}\u{202e}end\u{85}".into());
+        assert_eq!(
+            e.to_string(),
+            "server replied with an error: bad\\n\\u{1b}[31mred\\u{7}\\r\\u{2028}\\u{202e}end\\u{85}"
+        );
+        assert!(matches!(
+            escape_controls("plain é 名"),
+            Cow::Borrowed("plain é 名")
+        ));
+    }
+
+    /// A stream that yields `head` and then `tail` over and over, for ever.
+    struct Endless {
+        head: &'static [u8],
+        tail: &'static [u8],
+        at: usize,
+        served: u64,
+    }
+
+    impl Read for Endless {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let mut n = 0;
+            while n < buf.len() {
+                let source = if self.at < self.head.len() {
+                    &self.head[self.at..]
+                } else {
+                    let i = (self.at - self.head.len()) % self.tail.len();
+                    &self.tail[i..]
+                };
+                let take = source.len().min(buf.len() - n);
+                buf[n..n + take].copy_from_slice(&source[..take]);
+                (n, self.at) = (n + take, self.at + take);
+            }
+            self.served += n as u64;
+            Ok(n)
+        }
+    }
+
+    fn endless(head: &'static [u8], tail: &'static [u8]) -> ReplyReader<Endless> {
+        ReplyReader::new(Endless {
+            head,
+            tail,
+            at: 0,
+            served: 0,
+        })
+    }
+
+    #[test]
+    fn an_error_message_without_end_is_malformed_at_its_cap() {
+        let mut replies = endless(b"error\n", b"x\n");
+        let result = replies.read_reply(&mut |_, _, _| ControlFlow::Continue(()));
+        match result {
+            Err(ClientError::Malformed(what)) => {
+                assert_eq!(what, "an error message is longer than 65536 bytes")
+            }
+            other => panic!("{other:?}"),
+        }
+        // It stopped at the cap, give or take one read.
+        assert!(replies.inner.served < MAX_ERROR_MESSAGE + 200 * 1024);
+    }
+
+    #[test]
+    fn an_error_message_at_the_cap_is_read() {
+        let mut wire = b"error\n".to_vec();
+        let line = [b'y'; 1023];
+        for _ in 0..64 {
+            wire.extend_from_slice(&line);
+            wire.push(b'\n');
+        }
+        wire.extend_from_slice(b"\nok\n\n");
+        assert_eq!(64 * 1024, 64 * (line.len() + 1));
+        let mut replies = ReplyReader::new(&wire[..]);
+        let mut none = |_: &str, _: f64, _: i64| ControlFlow::Continue(());
+        match replies.read_reply(&mut none) {
+            Ok(Some(Reply::Error(message))) => {
+                assert_eq!(message.len() as u64, MAX_ERROR_MESSAGE - 1)
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            replies.read_reply(&mut none).unwrap(),
+            Some(Reply::Ok { points: 0 })
+        );
+        // One byte more is over.
+        let mut wire = b"error\n".to_vec();
+        wire.extend_from_slice(&[b'z'; MAX_ERROR_MESSAGE as usize + 1]);
+        wire.extend_from_slice(b"\n\n");
+        assert!(matches!(
+            ReplyReader::new(&wire[..]).read_reply(&mut none),
+            Err(ClientError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn a_line_without_end_is_malformed_at_its_cap() {
+        let mut replies = endless(b"ok\n", b"m");
+        match replies.read_reply(&mut |_, _, _| ControlFlow::Continue(())) {
+            Err(ClientError::Malformed(what)) => {
+                assert_eq!(what, "a reply line is longer than 1048576 bytes")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(replies.inner.served <= 2 * MAX_REPLY_LINE + 64 * 1024);
     }
 }

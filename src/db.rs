@@ -9,6 +9,7 @@
 //! the file holds puts in the order the store applied them. Writing them out comes after.
 
 use crate::defaults;
+use crate::forward::{Totals, Upstream};
 use crate::journal::{CompactReport, Fsync, Journal, JournalError, Position, WriteError};
 use crate::protocol::{self, Request, RequestError, Selector};
 use crate::store::{MemoryFull, SeriesSnapshot, Store};
@@ -77,6 +78,8 @@ pub(crate) struct Applied {
     pub write_failure: Option<WriteError>,
     /// Puts refused by the memory limit.
     pub memory_refused: usize,
+    /// Points dropped from full forward queues to make room for these.
+    pub forward_dropped: u64,
 }
 
 /// Where the data lives, how long it is kept and how much memory it may take: what
@@ -88,6 +91,9 @@ pub(crate) struct Settings<'a> {
     pub retention: Option<Duration>,
     pub max_memory: Option<usize>,
     pub self_metrics: Option<Duration>,
+    /// Upstreams to forward every put to, and the bound of each one's queue in memory.
+    pub forward: &'a [String],
+    pub forward_buffer: u64,
 }
 
 /// The server's counters; each is exact, and updated once per batch rather than per request.
@@ -105,7 +111,9 @@ struct Counters {
 #[derive(Debug)]
 pub(crate) struct Db {
     store: Mutex<Store>,
-    journal: Option<Journal>,
+    journal: Option<Arc<Journal>>,
+    upstreams: Vec<Arc<Upstream>>,
+    forwarded: Arc<Totals>,
     retention: Option<Duration>,
     max_memory: Option<usize>,
     self_metrics: Option<Duration>,
@@ -123,6 +131,8 @@ impl Db {
         let mut db = Db {
             store: Mutex::new(Store::new()),
             journal: None,
+            upstreams: Vec::new(),
+            forwarded: Arc::new(Totals::default()),
             retention: settings.retention,
             max_memory: settings.max_memory,
             self_metrics: settings.self_metrics,
@@ -132,20 +142,33 @@ impl Db {
         if let Some(path) = settings.data {
             let (store, journal) = load(path, settings.fsync, db.since())?;
             db.store = Mutex::new(store);
-            db.journal = Some(journal);
-            if db
-                .journal()
-                .is_some_and(|j| j.needs_compaction(db.lock().points()))
-            {
-                db.compact_now()?;
-            }
+            db.journal = Some(Arc::new(journal));
+        }
+        for addr in settings.forward {
+            let totals = Arc::clone(&db.forwarded);
+            db.upstreams.push(Arc::new(match &db.journal {
+                Some(journal) => Upstream::from_file(addr, Arc::clone(journal), totals),
+                None => Upstream::in_memory(addr, settings.forward_buffer, totals),
+            }));
+        }
+        if db
+            .journal()
+            .is_some_and(|j| j.needs_compaction(db.lock().points()))
+        {
+            db.compact_now()?;
         }
         db.lock().set_memory_limit(settings.max_memory);
         Ok(db)
     }
 
     fn journal(&self) -> Option<&Journal> {
-        self.journal.as_ref()
+        self.journal.as_deref()
+    }
+
+    /// The upstreams puts are forwarded to; each needs a thread running
+    /// [`forward::run`](crate::forward::run).
+    pub fn upstreams(&self) -> &[Arc<Upstream>] {
+        &self.upstreams
     }
 
     /// The oldest timestamp a `get` returns: now minus the retention window.
@@ -178,6 +201,9 @@ impl Db {
         let first = replies.len();
         let mut applied = Applied::default();
         let (mut puts, mut gets) = (0u64, 0u64);
+        // Without a data file, forwarded lines go to each upstream's queue in memory.
+        let forward_in_memory = journal.is_none() && !self.upstreams.is_empty();
+        let mut forward = Vec::new();
         let written_to = {
             let mut store = self.lock();
             let mut appender = None;
@@ -205,6 +231,8 @@ impl Db {
                             appender
                                 .get_or_insert_with(|| journal.appender())
                                 .push(metric, value, timestamp);
+                        } else if forward_in_memory {
+                            protocol::write_point(&mut forward, metric, value, timestamp);
                         }
                         puts += 1;
                         match replies.last_mut() {
@@ -230,9 +258,21 @@ impl Db {
                     Err(e) => Reply::push_error(replies, e.reply()),
                 }
             }
-            // The journal's ordering rule: the lines are appended before the lock goes.
+            // The journal's ordering rule: the lines are appended before the lock goes. The
+            // same holds for the forward queues: upstreams see puts in the store's order.
+            if !forward.is_empty() {
+                for upstream in &self.upstreams {
+                    if let Some(queue) = upstream.queue() {
+                        let dropped = queue.push(&forward, puts);
+                        applied.forward_dropped += dropped;
+                    }
+                }
+            }
             appender.map(|appender| appender.finish())
         };
+        if applied.forward_dropped > 0 {
+            self.forwarded.dropped(applied.forward_dropped);
+        }
         let counters = &self.counters;
         if applied.memory_refused > 0 {
             counters
@@ -281,6 +321,15 @@ impl Db {
         ];
         if let Some(journal) = self.journal() {
             rows.push(("metrics.data_file_bytes", journal.file_bytes() as f64));
+        }
+        if !self.upstreams.is_empty() {
+            let pending = self.upstreams.iter().map(|u| u.pending()).sum::<u64>();
+            rows.push(("metrics.forward_pending", pending as f64));
+            rows.push(("metrics.forward_sent_total", count(&self.forwarded.sent)));
+            rows.push((
+                "metrics.forward_dropped_total",
+                count(&self.forwarded.dropped),
+            ));
         }
         if let Some(limit) = self.max_memory {
             rows.push(("metrics.memory_limit_bytes", limit as f64));
@@ -483,7 +532,14 @@ impl Db {
             range: since..=i64::MAX,
             done: false,
         };
-        let report = journal.compact(at, |out| {
+        // Forwarders that are behind keep the lines they have not yet sent.
+        let keep_from = self
+            .upstreams
+            .iter()
+            .filter_map(|u| u.keep_from())
+            .min()
+            .unwrap_or(u64::MAX);
+        let report = journal.compact(at, keep_from, |out| {
             let mut added = 0;
             while added == 0 {
                 let step = self.read_step(&mut cursor);
@@ -499,6 +555,10 @@ impl Db {
             }
             added
         })?;
+        // Their saved places are offsets in the file, which is a new one now.
+        for upstream in &self.upstreams {
+            upstream.save();
+        }
         log_compaction(journal, &report);
         Ok(report)
     }
@@ -628,6 +688,8 @@ mod tests {
             retention,
             max_memory: None,
             self_metrics: None,
+            forward: &[],
+            forward_buffer: 0,
         })
         .unwrap()
     }
@@ -649,6 +711,7 @@ mod tests {
                 Reply::Series(series) => {
                     format!("points {}", series.map_or(0, |s| s.points().count()))
                 }
+                Reply::Stats(rows, _) => format!("stats {}", rows.len()),
                 Reply::All(mut cursor) => {
                     let mut count = 0;
                     loop {
@@ -702,6 +765,8 @@ mod tests {
             retention: None,
             max_memory: Some(0),
             self_metrics: None,
+            forward: &[],
+            forward_buffer: 0,
         })
         .unwrap();
         let mut replies = Vec::new();

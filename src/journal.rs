@@ -181,9 +181,16 @@ pub struct Journal {
     fsync: Fsync,
     pending: Mutex<Pending>,
     writer: Mutex<Writer>,
-    /// A second handle for background syncs, so they never wait for the writer lock; it also
-    /// holds the file's advisory lock. Replaced along with the file by compaction.
-    sync_handle: Mutex<File>,
+    /// The file as readers see it: a second handle, for background syncs (which so never wait
+    /// for the writer lock) and for forwarders' reads, with the sequence number at its offset
+    /// 0. It also holds the file's advisory lock. Replaced along with the file by compaction.
+    current: Mutex<Current>,
+    /// Sequence number just past the last byte written to the file.
+    written: AtomicU64,
+    /// Lines written to the file since it was opened, plus those it held then.
+    written_lines: AtomicU64,
+    /// Lines kept before the compaction point by the last compaction, for forwarders behind it.
+    kept_lines: AtomicU64,
     failing: AtomicBool,
     failure: Mutex<Option<WriteError>>,
     /// The file's length, readable without waiting for the writer.
@@ -235,7 +242,7 @@ impl Journal {
                 .map_err(io_error("cut the torn line from"))?;
             file.sync_all().map_err(io_error("sync"))?;
         }
-        let sync_handle = file.try_clone().map_err(io_error("open"))?;
+        let read_handle = Arc::new(file.try_clone().map_err(io_error("open"))?);
         let journal = Journal {
             path: path.to_path_buf(),
             fsync,
@@ -251,7 +258,13 @@ impl Journal {
                 len: good_len,
                 spare: Vec::new(),
             }),
-            sync_handle: Mutex::new(sync_handle),
+            current: Mutex::new(Current {
+                file: read_handle,
+                base: 0,
+            }),
+            written: AtomicU64::new(good_len),
+            written_lines: AtomicU64::new(report.lines),
+            kept_lines: AtomicU64::new(0),
             failing: AtomicBool::new(false),
             failure: Mutex::new(None),
             file_bytes: AtomicU64::new(good_len),
@@ -371,6 +384,9 @@ impl Journal {
         writer.written = end;
         writer.len += buf.len() as u64;
         self.file_bytes.store(writer.len, Ordering::Relaxed);
+        let lines = buf.iter().filter(|&&b| b == b'\n').count() as u64;
+        self.written_lines.fetch_add(lines, Ordering::Relaxed);
+        self.written.store(end, Ordering::Release);
         buf.clear();
         writer.spare = buf;
         if self.failing.swap(false, Ordering::AcqRel) {
@@ -386,17 +402,21 @@ impl Journal {
     /// # Errors
     /// The OS error.
     pub fn sync(&self) -> io::Result<()> {
-        lock(&self.sync_handle).sync_data()
+        let file = Arc::clone(&lock(&self.current).file);
+        file.sync_data()
     }
 
     /// Whether the file holds more than twice `live_points` lines (and at least
     /// [`COMPACT_MIN_LINES`]).
     pub fn needs_compaction(&self, live_points: usize) -> bool {
         let lines = self.lines();
-        lines >= COMPACT_MIN_LINES && lines > 2 * live_points as u64
+        // Lines a compaction kept for forwarders are not counted against it again.
+        let kept = self.kept_lines.load(Ordering::Relaxed);
+        lines >= COMPACT_MIN_LINES && lines > 2 * live_points as u64 + kept
     }
 
-    /// Rewrites the file as a snapshot plus the lines appended after it. `at` is the
+    /// Rewrites the file as a snapshot plus the lines appended after it (and those after
+    /// `keep_from`, when that is earlier: what forwarders have not yet sent). `at` is the
     /// [`position`](Journal::position) read under the store lock before the snapshot's first
     /// step; `fill` then appends the live points' lines in steps (each under the store lock
     /// briefly) and returns how many it added, 0 at the end. Points put after `at` may be in
@@ -412,11 +432,12 @@ impl Journal {
     pub fn compact(
         &self,
         at: Position,
+        keep_from: u64,
         fill: impl FnMut(&mut Vec<u8>) -> u64,
     ) -> Result<CompactReport, JournalError> {
         let temp = self.temp_path();
         let mut created = false;
-        let result = self.rewrite(&temp, &mut created, at, fill);
+        let result = self.rewrite(&temp, &mut created, at, keep_from, fill);
         if result.is_err() && created {
             // The old file is still the data file; the half-made one goes.
             let _ = fs::remove_file(&temp);
@@ -435,6 +456,7 @@ impl Journal {
         temp: &Path,
         created: &mut bool,
         at: Position,
+        keep_from: u64,
         mut fill: impl FnMut(&mut Vec<u8>) -> u64,
     ) -> Result<CompactReport, JournalError> {
         let started = Instant::now();
@@ -473,27 +495,32 @@ impl Journal {
                 action: "write",
                 source: io::Error::new(e.0.kind(), e.0.to_string()),
             })?;
-        let tail_start = (at.seq as i64 - writer.base) as u64;
+        let from = keep_from.clamp(writer.base.max(0) as u64, at.seq);
+        let tail_start = (from as i64 - writer.base) as u64;
         // The tail is read through the handle this journal holds, not by path: the file at
         // the path may have been removed or replaced.
-        let tail = {
-            let old = lock(&self.sync_handle);
-            copy_range(&old, tail_start, writer.len, &mut temp_file)
-                .map_err(io_error("copy the tail to"))?
-        };
+        let old = Arc::clone(&lock(&self.current).file);
+        let kept = count_lines(&old, tail_start, (at.seq as i64 - writer.base) as u64)
+            .map_err(io_error("read"))?;
+        let tail = copy_range(&old, tail_start, writer.len, &mut temp_file)
+            .map_err(io_error("copy the tail to"))?;
         temp_file.sync_all().map_err(io_error("sync"))?;
         fs::rename(temp, &self.path).map_err(io_error("rename"))?;
         *created = false;
         sync_parent(&self.path).map_err(io_error("sync the directory of"))?;
         let file = temp_file.try_clone().map_err(io_error("open"))?;
-        *lock(&self.sync_handle) = temp_file;
         writer.file = file;
-        writer.base = at.seq as i64 - written as i64;
+        writer.base = from as i64 - written as i64;
         writer.len = written + tail;
+        *lock(&self.current) = Current {
+            file: Arc::new(temp_file),
+            base: writer.base,
+        };
         self.file_bytes.store(writer.len, Ordering::Relaxed);
+        self.kept_lines.store(kept, Ordering::Relaxed);
         let lines_after = {
             let mut pending = lock(&self.pending);
-            pending.lines = points + (pending.lines - at.lines);
+            pending.lines = points + kept + (pending.lines - at.lines);
             pending.lines
         };
         drop(writer);
@@ -507,7 +534,7 @@ impl Journal {
     /// Whether the file at the path is still the one this journal writes: `Some(why)` when it
     /// was removed, renamed away or replaced, so that its writes would be lost.
     pub fn lost(&self) -> Option<&'static str> {
-        let held = lock(&self.sync_handle).metadata();
+        let held = lock(&self.current).file.metadata();
         match fs::metadata(&self.path) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Some("it was removed or renamed"),
             Err(_) => None,
@@ -528,6 +555,22 @@ fn same_file(a: &fs::Metadata, b: &fs::Metadata) -> bool {
 #[cfg(not(unix))]
 fn same_file(_: &fs::Metadata, _: &fs::Metadata) -> bool {
     true
+}
+
+/// The lines in bytes `from..to` of `file`.
+fn count_lines(file: &File, from: u64, to: u64) -> io::Result<u64> {
+    let mut buf = vec![0u8; 1 << 20];
+    let (mut at, mut lines) = (from, 0u64);
+    while at < to {
+        let want = buf.len().min((to - at) as usize);
+        let n = read_at(file, &mut buf[..want], at)?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        lines += buf[..n].iter().filter(|&&b| b == b'\n').count() as u64;
+        at += n as u64;
+    }
+    Ok(lines)
 }
 
 /// Copies bytes `from..to` of `file` to the end of `out`, without moving `file`'s offset.
@@ -590,6 +633,102 @@ fn remove_leftovers(path: &Path) -> Vec<PathBuf> {
         }
     }
     removed
+}
+
+/// The file readers use, and the sequence number at its offset 0.
+#[derive(Debug)]
+struct Current {
+    file: Arc<File>,
+    base: i64,
+}
+
+/// Which file a saved offset is in: its device and inode. A compaction or a rewrite makes a
+/// new file, so an offset saved for an older one is recognised as such.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileId(pub u64, pub u64);
+
+impl Journal {
+    /// Sequence number just past the last byte written to the file: what readers may read.
+    pub fn written_seq(&self) -> u64 {
+        self.written.load(Ordering::Acquire)
+    }
+
+    /// Lines written since the file was opened, plus those it held then.
+    pub fn written_lines(&self) -> u64 {
+        self.written_lines.load(Ordering::Relaxed)
+    }
+
+    /// Appends the written bytes from sequence number `seq` on, at most `most` of them and
+    /// ending with a whole line, to `out`. Reads through its own handle: writers never wait.
+    ///
+    /// # Errors
+    /// The OS error.
+    pub fn read_from(&self, seq: u64, most: usize, out: &mut Vec<u8>) -> io::Result<()> {
+        let end = self.written_seq();
+        let (file, base) = {
+            let current = lock(&self.current);
+            (Arc::clone(&current.file), current.base)
+        };
+        if seq >= end || (seq as i64) < base {
+            return Ok(());
+        }
+        let start = out.len();
+        let want = most.min((end - seq) as usize);
+        out.resize(start + want, 0);
+        let mut filled = 0;
+        while filled < want {
+            let n = read_at(
+                &file,
+                &mut out[start + filled..],
+                (seq as i64 - base) as u64 + filled as u64,
+            )?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        let whole = out[start..start + filled]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1);
+        out.truncate(start + whole);
+        Ok(())
+    }
+
+    /// Lines in the file before sequence number `seq` (read from the file: for start-up).
+    pub fn lines_before(&self, seq: u64) -> u64 {
+        let (file, base) = {
+            let current = lock(&self.current);
+            (Arc::clone(&current.file), current.base)
+        };
+        count_lines(&file, 0, (seq as i64 - base).max(0) as u64).unwrap_or(0)
+    }
+
+    /// Where sequence number `seq` is in the file, as an offset and the file's identity: what a
+    /// forwarder saves, to find its place again after a restart.
+    pub fn file_offset(&self, seq: u64) -> (u64, Option<FileId>) {
+        let current = lock(&self.current);
+        let offset = (seq as i64 - current.base).max(0) as u64;
+        (offset, file_id(&current.file))
+    }
+
+    /// The sequence number of a saved offset, if it was saved for the file in use now.
+    pub fn seq_of(&self, offset: u64, id: FileId) -> Option<u64> {
+        let current = lock(&self.current);
+        (file_id(&current.file) == Some(id) && offset <= self.written_seq())
+            .then(|| (current.base + offset as i64) as u64)
+    }
+}
+
+#[cfg(unix)]
+fn file_id(file: &File) -> Option<FileId> {
+    use std::os::unix::fs::MetadataExt;
+    file.metadata().ok().map(|m| FileId(m.dev(), m.ino()))
+}
+
+#[cfg(not(unix))]
+fn file_id(_: &File) -> Option<FileId> {
+    None
 }
 
 /// Point lines being appended under the store lock; see [`Journal::appender`].
@@ -811,7 +950,7 @@ mod tests {
         let at = journal.position();
         let mut snapshot = fill(&store);
         let report = journal
-            .compact(at, |out| {
+            .compact(at, u64::MAX, |out| {
                 let added = snapshot(out);
                 if added > 0 {
                     journal.append(b"late 9.0 9\n", 1);
@@ -839,7 +978,7 @@ mod tests {
         // Something in the way of the new file.
         fs::create_dir(journal.temp_path()).unwrap();
         let error = journal
-            .compact(journal.position(), fill(&store))
+            .compact(journal.position(), u64::MAX, fill(&store))
             .unwrap_err();
         assert!(error.to_string().starts_with("cannot create "), "{error}");
         journal.commit(journal.append(b"b 2.0 2\n", 1)).unwrap();
@@ -857,7 +996,9 @@ mod tests {
                 .ends_with("another metrics server is using it"),
             "{refused}"
         );
-        journal.compact(journal.position(), fill(&store)).unwrap();
+        journal
+            .compact(journal.position(), u64::MAX, fill(&store))
+            .unwrap();
         assert!(Journal::open(&path, Fsync::No, i64::MIN).is_err());
         drop(journal);
         assert!(Journal::open(&path, Fsync::No, i64::MIN).is_ok());

@@ -45,6 +45,7 @@ mod codec;
 mod codec_stub;
 mod connection;
 mod db;
+mod forward;
 mod journal;
 mod log;
 mod store;

@@ -7,6 +7,7 @@
 
 use crate::connection::{Connection, Limits, LOG_LINES_PER_SECOND};
 use crate::db::{Db, Maintenance, Settings};
+use crate::forward;
 use crate::journal::{Fsync, JournalError};
 use crate::log::{self, suppressed_note, RateLimit, Topic};
 use crate::protocol;
@@ -48,6 +49,11 @@ pub struct Config {
     /// Store the `stats` figures as points this often; `None` (the default) never does, so
     /// `get *` shows only what clients put.
     pub self_metrics: Option<Duration>,
+    /// Upstreams (`HOST:PORT`) that receive every acknowledged put in Graphite plaintext.
+    pub forward: Vec<String>,
+    /// Without a data file: unsent points each upstream's queue holds before it drops the
+    /// oldest. Default 1,000,000.
+    pub forward_buffer: u64,
 }
 
 impl Default for Config {
@@ -64,6 +70,8 @@ impl Default for Config {
             retention: None,
             max_memory: default_max_memory(),
             self_metrics: None,
+            forward: Vec::new(),
+            forward_buffer: 1_000_000,
         }
     }
 }
@@ -153,6 +161,8 @@ impl Server {
             retention: config.retention,
             max_memory: config.max_memory,
             self_metrics: config.self_metrics,
+            forward: &config.forward,
+            forward_buffer: config.forward_buffer,
         })
         .map_err(|e| {
             // What was logged while loading is out before the caller reports the failure.
@@ -191,6 +201,13 @@ impl Server {
                         db.maintain(&mut state);
                     }
                 })
+                .map_err(ServerError::Spawn)?;
+        }
+        for upstream in self.db.upstreams() {
+            let upstream = Arc::clone(upstream);
+            thread::Builder::new()
+                .name(format!("forward {}", upstream.addr()))
+                .spawn(move || forward::run(&upstream))
                 .map_err(ServerError::Spawn)?;
         }
         let mut backoff = Duration::ZERO;

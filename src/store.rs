@@ -19,7 +19,7 @@
 //! ([`Store::set_memory_limit`]).
 
 use crate::codec_stub::Block;
-use std::collections::hash_map::RandomState;
+use std::collections::hash_map::{Entry, RandomState};
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::ops::{Bound, RangeInclusive};
@@ -189,11 +189,13 @@ impl Store {
                 (self.slots.len() - 1) as u32
             }
         };
-        let shard = &mut self.shards[Self::shard(hash)];
-        if shard.contains_key(&hash) {
-            self.collisions.insert(Arc::clone(&name), slot);
-        } else {
-            shard.insert(hash, slot);
+        match self.shards[Self::shard(hash)].entry(hash) {
+            Entry::Occupied(_) => {
+                self.collisions.insert(Arc::clone(&name), slot);
+            }
+            Entry::Vacant(place) => {
+                place.insert(slot);
+            }
         }
         self.names.insert(name, slot);
         slot
@@ -447,7 +449,10 @@ impl Series {
         };
         let replaced = if points.len() > BLOCK_MOST {
             let half = points.len() / 2;
-            vec![Block::encode(&points[..half]), Block::encode(&points[half..])]
+            vec![
+                Block::encode(&points[..half]),
+                Block::encode(&points[half..]),
+            ]
         } else {
             vec![Block::encode(&points)]
         };
@@ -777,7 +782,12 @@ mod tests {
     fn nanosecond_and_far_apart_timestamps_cost_little() {
         let mut store = Store::new();
         for i in 0..100_000i64 {
-            put(&mut store, "ns", 0.5, 1_700_000_000_000_000_000 + i * 10_000_000_000);
+            put(
+                &mut store,
+                "ns",
+                0.5,
+                1_700_000_000_000_000_000 + i * 10_000_000_000,
+            );
             put(&mut store, "far", 0.5, i64::MIN + i * (1 << 40));
         }
         let per_point = store.memory_bytes() as f64 / store.points() as f64;

@@ -2,17 +2,14 @@
 
 mod common;
 
-use assert_cmd::Command;
 use common::TestServer;
 use predicates::prelude::*;
 
 fn bench(server: &TestServer, args: &[&str]) -> assert_cmd::assert::Assert {
-    Command::cargo_bin("metrics")
-        .unwrap()
+    common::metrics()
         .arg("bench")
         .args(["--addr", &server.addr_string()])
         .args(args)
-        .timeout(common::PATIENCE)
         .assert()
 }
 
@@ -113,7 +110,9 @@ fn a_failing_server_makes_the_bench_fail() {
     let server = TestServer::start_with(&["--max-line-bytes", "10"]);
     bench(&server, &["-c", "1", "-n", "10"])
         .code(1)
-        .stderr(predicate::str::starts_with("metrics: "));
+        .stderr(predicate::str::starts_with(
+            "metrics: bench stopped after 1 of 10 requests were answered: ",
+        ));
 }
 
 #[test]
@@ -122,4 +121,73 @@ fn bad_bench_flags_are_usage_errors() {
     bench(&server, &["--workload", "delete"]).code(2);
     bench(&server, &["-c", "0"]).code(2);
     bench(&server, &["-P", "x"]).code(2);
+}
+
+#[test]
+fn a_batch_larger_than_the_socket_buffers_does_not_deadlock() {
+    // One batch of a million gets on one connection: about 15 MB of requests and 31 MB of
+    // replies, more than the socket buffers hold, so the replies must be read while the batch
+    // is still being written. (Announcing the batch only once written deadlocked here.)
+    let server = TestServer::start();
+    bench(&server, &["-c", "1", "-n", "1", "--keys", "1"]).success();
+    bench(
+        &server,
+        &[
+            "-c",
+            "1",
+            "-n",
+            "1000000",
+            "-P",
+            "1000000",
+            "--keys",
+            "1",
+            "--workload",
+            "get",
+        ],
+    )
+    .success()
+    .stdout(predicate::str::contains("(1000000 in "))
+    .stdout(predicate::str::contains("errors: 0\n"));
+}
+
+#[test]
+fn ten_billion_keys_cost_nothing_up_front() {
+    let server = TestServer::start();
+    bench(
+        &server,
+        &["-c", "2", "-n", "100", "-P", "10", "--keys", "10000000000"],
+    )
+    .success()
+    .stdout(predicate::str::contains("100 requests, 10000000000 keys\n"))
+    .stdout(predicate::str::contains("errors: 0\n"));
+    let dump = server.dump();
+    assert_eq!(dump.lines().count(), 100);
+    assert!(dump.contains("bench.key99 "));
+}
+
+#[test]
+fn a_server_that_goes_silent_fails_the_bench_without_blaming_itself() {
+    let (addr, server) = common::scripted_server(|stream| {
+        common::read_request(&stream);
+        common::stream_forever(&stream, b"ok\n\nerror\n", b"x\n")
+    });
+    common::metrics()
+        .args([
+            "bench",
+            "--addr",
+            &addr.to_string(),
+            "-c",
+            "1",
+            "-n",
+            "5",
+            "-P",
+            "5",
+        ])
+        .assert()
+        .code(1)
+        .stderr(
+            "metrics: bench stopped after 1 of 5 requests were answered: malformed reply from \
+             the server: an error message is longer than 65536 bytes\n",
+        );
+    server.join().unwrap();
 }

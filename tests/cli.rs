@@ -3,17 +3,12 @@
 mod common;
 
 use assert_cmd::Command;
-use common::TestServer;
+use common::{metrics, TestServer};
 use predicates::prelude::*;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::process::Stdio;
-
-fn metrics() -> Command {
-    let mut cmd = Command::cargo_bin("metrics").unwrap();
-    cmd.env_remove("METRICS_ADDR").timeout(common::PATIENCE);
-    cmd
-}
+use std::time::{Duration, Instant};
 
 fn client(server: &TestServer) -> Command {
     let mut cmd = metrics();
@@ -86,11 +81,7 @@ fn metrics_addr_environment_variable_selects_the_server() {
 
 #[test]
 fn unreachable_server_exits_1_with_a_message() {
-    let addr = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string();
+    let addr = common::dead_addr().to_string();
     metrics()
         .args(["get", "--addr", &addr, "x"])
         .assert()
@@ -258,4 +249,177 @@ fn client_options_may_come_before_the_command() {
         .assert()
         .success()
         .stdout("early 1.0 1\n");
+}
+
+#[test]
+fn help_usage_and_the_hint_after_an_error_list_the_same_options() {
+    // The one-line hint after an error names every command and every option of the command.
+    metrics()
+        .arg("frobnicate")
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "usage: metrics <server|put|get|bench|help> [ARGS...]\n",
+        ));
+    metrics().args(["help", "frobnicate"]).assert().code(2);
+    let hint = metrics()
+        .args(["bench", "--bogus"])
+        .assert()
+        .code(2)
+        .get_output()
+        .stderr
+        .clone();
+    let hint = String::from_utf8(hint).unwrap();
+    let help = metrics()
+        .args(["help", "bench"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let help = String::from_utf8(help).unwrap();
+    for option in [
+        "--addr",
+        "--timeout",
+        "-c",
+        "-n",
+        "-P",
+        "--keys",
+        "--workload",
+    ] {
+        assert!(
+            hint.contains(&format!("[{option} ")),
+            "hint lacks {option}: {hint}"
+        );
+        assert!(
+            help.contains(&format!("\n  {option} ")) || help.contains(&format!("\n  {option}, ")),
+            "help lacks {option}: {help}"
+        );
+    }
+    metrics()
+        .arg("--help")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("\n  bench "));
+}
+
+#[test]
+fn what_can_be_judged_before_connecting_is_a_usage_error() {
+    // Nothing listens anywhere: each is refused before any connection is tried.
+    let cases: &[&[&str]] = &[
+        &["get", "--addr", "127.0.0.1:99999", "m"],
+        &["get", "--addr", "::1", "m"],
+        &["get", "--addr", "", "m"],
+        &["put", "--addr", "localhost", "m", "1"],
+        &["put", "--addr", "127.0.0.1:0", "-"],
+        &["bench", "--addr", "[::1]"],
+        &["get", "--timeout", "1e-12", "m"],
+        &["bench", "--timeout", "1e-10"],
+        &["put", "--max-line-bytes", "0", "-"],
+    ];
+    for args in cases {
+        metrics()
+            .args(*args)
+            .assert()
+            .code(2)
+            .stdout("")
+            .stderr(predicate::str::starts_with("metrics: "))
+            .stderr(predicate::str::contains("\nusage: metrics "));
+    }
+    metrics()
+        .env("METRICS_ADDR", "::1")
+        .args(["get", "m"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::starts_with(
+            "metrics: invalid address '::1' in METRICS_ADDR: an IPv6 address goes in brackets",
+        ));
+}
+
+#[test]
+fn server_error_text_is_shown_with_control_characters_escaped() {
+    let (addr, fake) = common::fake_server(b"error\n\x1b[2Jgone\rX\n\x07bell\xc2\x85\n\n");
+    metrics()
+        .args(["put", "--addr", &addr.to_string(), "x", "1", "1"])
+        .assert()
+        .code(1)
+        .stderr("metrics: server replied with an error: \\u{1b}[2Jgone\\rX\\n\\u{7}bell\\u{85}\n");
+    fake.join().unwrap();
+}
+
+#[test]
+fn an_error_reply_that_never_ends_fails_fast_as_malformed() {
+    for args in [&["get", "m"][..], &["put", "m", "1", "1"]] {
+        let (addr, server) = common::scripted_server(|stream| {
+            common::read_request(&stream);
+            common::stream_forever(&stream, b"error\n", b"x\n")
+        });
+        let started = Instant::now();
+        metrics()
+            .args(["--addr", &addr.to_string()])
+            .args(args)
+            .assert()
+            .code(1)
+            .stderr(
+                "metrics: malformed reply from the server: \
+                 an error message is longer than 65536 bytes\n",
+            );
+        assert!(started.elapsed() < Duration::from_secs(10));
+        // It stopped reading at the cap: the server could send little more than that, plus
+        // what the socket buffers hold.
+        let sent = server.join().unwrap();
+        assert!(sent < 64 << 20, "{args:?}: the server sent {sent} bytes");
+    }
+}
+
+#[test]
+fn a_put_reply_with_points_that_never_end_fails_at_the_first() {
+    let (addr, server) = common::scripted_server(|stream| {
+        common::read_request(&stream);
+        common::stream_forever(&stream, b"ok\n", b"m 1.0 1\n")
+    });
+    metrics()
+        .args(["put", "--addr", &addr.to_string(), "m", "1", "1"])
+        .assert()
+        .code(1)
+        .stderr("metrics: malformed reply from the server: a point line in the reply to a put\n");
+    server.join().unwrap();
+}
+
+/// Runs `metrics ARGS` with stderr a pipe whose reader is already gone.
+fn status_with_broken_stderr(args: &[&str]) -> Option<i32> {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    std::process::Command::new(common::binary())
+        .args(args)
+        .env_remove("METRICS_ADDR")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(writer)
+        .status()
+        .unwrap()
+        .code()
+}
+
+#[test]
+fn a_closed_stderr_keeps_the_exit_codes() {
+    let dead = common::dead_addr().to_string();
+    // A pipe nobody reads: writes fail with EPIPE.
+    assert_eq!(
+        status_with_broken_stderr(&["get", "--addr", &dead, "m"]),
+        Some(1)
+    );
+    assert_eq!(status_with_broken_stderr(&["get"]), Some(2));
+    assert_eq!(status_with_broken_stderr(&["--help"]), Some(0));
+    // A closed descriptor: writes fail with EBADF.
+    for (args, code) in [(format!("get --addr {dead} m"), 1), ("put m".into(), 2)] {
+        let status = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("\"$0\" {args} 2>&-"))
+            .arg(common::binary())
+            .env_remove("METRICS_ADDR")
+            .status()
+            .unwrap();
+        assert_eq!(status.code(), Some(code), "{args}");
+    }
 }

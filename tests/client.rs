@@ -5,8 +5,9 @@ mod common;
 
 use common::{fake_server, TestServer};
 use metrics::{Client, ClientError};
+use std::error::Error;
 use std::net::TcpListener;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[test]
 fn put_then_get_round_trips_through_the_server() {
@@ -149,18 +150,13 @@ fn a_silent_server_times_out() {
 
 #[test]
 fn a_refused_connection_is_a_connect_error() {
-    let addr = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let addr = common::dead_addr();
     match Client::connect(addr, Some(Duration::from_secs(5))) {
         Err(e @ ClientError::Connect { .. }) => {
-            assert!(
-                e.to_string()
-                    .starts_with(&format!("cannot connect to {addr}: ")),
-                "{e}"
-            );
-            assert!(std::error::Error::source(&e).is_some());
+            // The context in Display, the OS error as the source: each said once.
+            assert_eq!(e.to_string(), format!("cannot connect to {addr}"));
+            let source = e.source().expect("the OS error").to_string();
+            assert!(!e.to_string().contains(&source), "{e}: {source}");
         }
         other => panic!("{other:?}"),
     }
@@ -179,4 +175,84 @@ fn the_connection_is_reused_for_every_call() {
     drop(client);
     assert!(server.wait_for_log("disconnected", 1));
     assert_eq!(server.logs().matches("connected (").count(), 1);
+}
+
+#[test]
+fn an_error_reply_that_never_ends_is_malformed_at_the_cap() {
+    for put in [false, true] {
+        let (addr, server) = common::scripted_server(|stream| {
+            common::read_request(&stream);
+            common::stream_forever(&stream, b"error\n", b"x\n")
+        });
+        let mut client = Client::connect(addr, Some(Duration::from_secs(5))).unwrap();
+        let started = Instant::now();
+        let result = if put {
+            client.put("m", 1.0, Some(1))
+        } else {
+            client.get("m").map(|_| ())
+        };
+        match result {
+            Err(ClientError::Malformed(what)) => {
+                assert_eq!(what, "an error message is longer than 65536 bytes")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(10));
+        // Framing is lost: the connection is closed, so the server stops too.
+        assert!(matches!(client.get("m"), Err(ClientError::Io(_))));
+        drop(client);
+        let sent = server.join().unwrap();
+        assert!(sent < 64 << 20, "the server sent {sent} bytes");
+    }
+}
+
+#[test]
+fn a_put_reply_carrying_points_is_malformed_at_the_first() {
+    let (addr, server) = common::scripted_server(|stream| {
+        common::read_request(&stream);
+        common::stream_forever(&stream, b"ok\n", b"m 1.0 1\n")
+    });
+    let mut client = Client::connect(addr, Some(Duration::from_secs(5))).unwrap();
+    match client.put("m", 1.0, Some(1)) {
+        Err(ClientError::Malformed(what)) => assert_eq!(what, "a point line in the reply to a put"),
+        other => panic!("{other:?}"),
+    }
+    drop(client);
+    server.join().unwrap();
+}
+
+#[test]
+fn a_reply_line_that_never_ends_is_malformed_at_the_cap() {
+    let (addr, server) = common::scripted_server(|stream| {
+        common::read_request(&stream);
+        common::stream_forever(&stream, b"ok\nm", b"1")
+    });
+    let mut client = Client::connect(addr, Some(Duration::from_secs(5))).unwrap();
+    match client.get("m") {
+        Err(ClientError::Malformed(what)) => {
+            assert_eq!(what, "a reply line is longer than 1048576 bytes")
+        }
+        other => panic!("{other:?}"),
+    }
+    drop(client);
+    server.join().unwrap();
+}
+
+#[test]
+fn server_text_is_escaped_when_shown_and_kept_as_sent() {
+    let (addr, _) = fake_server(b"error\n\x1b]0;owned\x07\nline two\n\n");
+    let mut client = Client::connect(addr, Some(Duration::from_secs(5))).unwrap();
+    match client.put("m", 1.0, Some(1)) {
+        Err(e @ ClientError::Server(_)) => {
+            assert_eq!(
+                e.to_string(),
+                "server replied with an error: \\u{1b}]0;owned\\u{7}\\nline two"
+            );
+            let ClientError::Server(message) = e else {
+                unreachable!()
+            };
+            assert_eq!(message, "\x1b]0;owned\x07\nline two");
+        }
+        other => panic!("{other:?}"),
+    }
 }

@@ -98,6 +98,10 @@ fn random_line(rng: &mut Rng, conn: usize) -> (String, Expect, Option<(String, i
             _ => Expect::Wrong,
         },
         ("get", true, 1) => Expect::Points,
+        // A range: `get METRIC FROM TO` with whole-number bounds.
+        ("get", true, 3) if args[1].parse::<i64>().is_ok() && args[2].parse::<i64>().is_ok() => {
+            Expect::Points
+        }
         _ => Expect::Wrong,
     };
     (line, outcome, None)

@@ -3,7 +3,6 @@
 
 mod common;
 
-use assert_cmd::Command as Cli;
 use common::{exchange, TempDir, TestServer};
 use std::collections::BTreeMap;
 use std::fs;
@@ -22,10 +21,8 @@ fn with_data(data: &str, extra: &[&str]) -> TestServer {
 
 /// `metrics server 0 --data DATA`, which must exit 1 at start-up without printing to stdout.
 fn refused_start(data: &str) -> assert_cmd::assert::Assert {
-    Cli::cargo_bin("metrics")
-        .unwrap()
+    common::metrics()
         .args(["server", "0", "--data", data])
-        .timeout(common::PATIENCE)
         .assert()
         .code(1)
         .stdout("")

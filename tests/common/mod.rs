@@ -1,5 +1,6 @@
 //! Test fixture: runs the real `metrics` binary on port 0, reads its `listening on` line, and
-//! kills it on drop. Also the raw-socket helpers the wire tests share.
+//! kills it on drop. Also what several test files share: the `metrics` command builder, a dead
+//! address, the raw-socket helpers and scripted fake servers.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -13,6 +14,31 @@ pub const PATIENCE: Duration = Duration::from_secs(20);
 
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_metrics")
+}
+
+/// `metrics` as an `assert_cmd` command: `METRICS_ADDR` unset, killed after [`PATIENCE`].
+pub fn metrics() -> assert_cmd::Command {
+    let mut cmd = assert_cmd::Command::new(binary());
+    cmd.env_remove("METRICS_ADDR").timeout(PATIENCE);
+    cmd
+}
+
+/// An address nothing listens on: a port that was free a moment ago.
+pub fn dead_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// A process's peak resident memory so far, from /proc (Linux); the process must be running.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc status")
 }
 
 /// Everything the server wrote to stderr so far, and a signal for each new piece.
@@ -112,13 +138,14 @@ impl TestServer {
 
     /// The server's peak resident memory so far, from /proc (Linux).
     pub fn peak_rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .expect("read /proc status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmHWM in /proc status")
+        peak_rss_kib(self.child.id())
+    }
+
+    /// `metrics` as an `assert_cmd` command whose `METRICS_ADDR` is this server.
+    pub fn cli(&self) -> assert_cmd::Command {
+        let mut cmd = metrics();
+        cmd.env("METRICS_ADDR", self.addr_string());
+        cmd
     }
 
     /// Kills the server with SIGKILL, as a crash would, and waits for it to be gone.
@@ -255,4 +282,49 @@ pub fn fake_server(reply: &'static [u8]) -> (SocketAddr, std::thread::JoinHandle
         request
     });
     (addr, handle)
+}
+
+/// A scripted fake server for the failures a real one does not produce: accepts one
+/// connection on 127.0.0.1 and hands it to `script`, with reads and writes bounded by
+/// [`PATIENCE`]. Dropping the connection when the script returns closes it.
+pub fn scripted_server<T: Send + 'static>(
+    script: impl FnOnce(TcpStream) -> T + Send + 'static,
+) -> (SocketAddr, std::thread::JoinHandle<T>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handle = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        stream.set_write_timeout(Some(PATIENCE)).unwrap();
+        script(stream)
+    });
+    (addr, handle)
+}
+
+/// Reads one request line from a scripted server's connection.
+pub fn read_request(stream: &TcpStream) -> String {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while let Ok(1) = (&*stream).read(&mut byte) {
+        line.push(byte[0]);
+        if byte[0] == b'\n' {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&line).into_owned()
+}
+
+/// Writes `head`, then `tail` over and over until the peer goes away or [`PATIENCE`] runs
+/// out; returns how many bytes went out. A hostile server's reply that never ends.
+pub fn stream_forever(mut stream: &TcpStream, head: &[u8], tail: &[u8]) -> u64 {
+    let deadline = Instant::now() + PATIENCE;
+    let mut sent = 0;
+    if stream.write_all(head).is_err() {
+        return 0;
+    }
+    let block = tail.repeat((64 * 1024 / tail.len()).max(1));
+    while Instant::now() < deadline && stream.write_all(&block).is_ok() {
+        sent += block.len() as u64;
+    }
+    sent
 }
