@@ -13,6 +13,7 @@ use crate::bulk;
 use crate::client::{self, Client};
 use crate::defaults::{self, ADDR_ENV};
 use crate::journal::Fsync;
+use crate::plot;
 use crate::protocol::{self, RequestError};
 use crate::server::{Config, Server};
 use std::error::Error;
@@ -30,6 +31,8 @@ pub enum Topic {
     Server,
     Put,
     Get,
+    Plot,
+    Stats,
     Bench,
 }
 
@@ -218,6 +221,26 @@ rejected here, so that the server does not close the connection over it.",
     ],
 };
 
+const FROM: Opt = Opt {
+    short: None,
+    long: "--from",
+    value: Some("TS"),
+    help: "only points at or after TS (whole seconds since the epoch)",
+};
+const TO: Opt = Opt {
+    short: None,
+    long: "--to",
+    value: Some("TS"),
+    help: "only points at or before TS",
+};
+const SINCE: Opt = Opt {
+    short: None,
+    long: "--since",
+    value: Some("DURATION"),
+    help: "only points of the last DURATION: seconds, or a number with\n\
+           s, m, h or d (instead of --from)",
+};
+
 const GET: Spec = Spec {
     topic: Topic::Get,
     name: "get",
@@ -225,7 +248,40 @@ const GET: Spec = Spec {
     operands_first: false,
     about: "\
 Prints METRIC's points as 'metric value timestamp' lines, oldest first; '*' prints
-every metric, sorted by name. This is also Graphite's plaintext format.",
+every metric, sorted by name. This is also Graphite's plaintext format.
+
+--from, --to and --since keep the points in a range, both ends included; a side
+left open reaches as far as timestamps go. '--since 15m' starts 15 minutes ago.",
+    options: &[HELP, ADDR, TIMEOUT, FROM, TO, SINCE],
+};
+
+const PLOT: Spec = Spec {
+    topic: Topic::Plot,
+    name: "plot",
+    forms: &[(
+        "METRIC",
+        "draw a metric's points as a chart in the terminal",
+    )],
+    operands_first: false,
+    about: "\
+Draws METRIC's points as a line chart of braille characters, as wide as $COLUMNS
+and one line less high than $LINES (default 80x24), leaving a line for the prompt.
+The y axis shows the lowest and highest value, the line under it the first and
+last timestamp in UTC. Each column covers a stretch of time and draws everything
+from its lowest to its highest value, so short spikes stay visible. No points in
+the range is a failure (exit 1).",
+    options: &[HELP, ADDR, TIMEOUT, FROM, TO, SINCE],
+};
+
+const STATS: Spec = Spec {
+    topic: Topic::Stats,
+    name: "stats",
+    forms: &[("", "print the server's figures about itself")],
+    operands_first: false,
+    about: "\
+Prints the server's own figures (connections, points, requests served, memory) as
+'metrics.NAME value timestamp' lines, sorted by name; the timestamp is the server's
+time now.",
     options: &[HELP, ADDR, TIMEOUT],
 };
 
@@ -276,7 +332,7 @@ starting at 1700000000; keys are named bench.key0, bench.key1, ...",
 };
 
 /// Every command, in the order the overview lists them.
-const COMMANDS: [&Spec; 4] = [&SERVER, &PUT, &GET, &BENCH];
+const COMMANDS: [&Spec; 6] = [&SERVER, &PUT, &GET, &PLOT, &STATS, &BENCH];
 
 const MAIN_ABOUT: &str = "\
 Client commands read the server address from --addr, else $METRICS_ADDR, else 127.0.0.1:8888.
@@ -290,6 +346,8 @@ impl Topic {
             Topic::Server => &SERVER,
             Topic::Put => &PUT,
             Topic::Get => &GET,
+            Topic::Plot => &PLOT,
+            Topic::Stats => &STATS,
             Topic::Bench => &BENCH,
         }
     }
@@ -438,8 +496,50 @@ pub enum Command {
     Get {
         connect: Connect,
         metric: String,
+        range: Range,
     },
+    Plot {
+        connect: Connect,
+        metric: String,
+        range: Range,
+    },
+    Stats(Connect),
     Bench(BenchConfig),
+}
+
+/// The start of a time range, as the command line gave it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// `--from TS`.
+    At(i64),
+    /// `--since DURATION`: this long before the command runs.
+    Since(Duration),
+}
+
+/// The time range of `get` and `plot`: no side given means the whole series.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Range {
+    pub from: Option<Start>,
+    pub to: Option<i64>,
+}
+
+impl Range {
+    /// The inclusive bounds to ask for, `now` being the time for `--since`; `None` when no
+    /// option was given, so that the plain `get` goes out unchanged. An open side is the i64
+    /// extreme.
+    pub fn bounds(&self, now: i64) -> Option<(i64, i64)> {
+        if *self == Range::default() {
+            return None;
+        }
+        let from = match self.from {
+            None => i64::MIN,
+            Some(Start::At(ts)) => ts,
+            Some(Start::Since(ago)) => {
+                i64::try_from(ago.as_secs()).map_or(i64::MIN, |ago| now.saturating_sub(ago))
+            }
+        };
+        Some((from, self.to.unwrap_or(i64::MAX)))
+    }
 }
 
 /// A command line that cannot be run; exit code 2.
@@ -530,6 +630,17 @@ impl<'a> Args<'a> {
             Some(&value) => Ok(value),
             None => Err(self.error(format!("{} needs a value", self.current))),
         }
+    }
+
+    /// A timestamp: whole seconds, as the protocol reads them.
+    fn timestamp(&mut self) -> Result<i64, UsageError> {
+        let text = self.value()?;
+        protocol::parse_timestamp(text).map_err(|_| {
+            self.error(format!(
+                "invalid value for {}: '{text}' (a whole number of seconds)",
+                self.current
+            ))
+        })
     }
 
     fn number<T: std::str::FromStr>(&mut self) -> Result<T, UsageError> {
@@ -777,6 +888,8 @@ fn parse_client(
     let mut addr = None;
     let mut timeout = Some(defaults::TIMEOUT);
     let mut max_line_bytes = None;
+    let mut range = Range::default();
+    let (mut from, mut since) = (None, None);
     let mut positional = Vec::new();
     while let Some(arg) = args.next()? {
         match arg {
@@ -784,10 +897,28 @@ fn parse_client(
             Arg::Option("--addr") => addr = Some(args.value()?),
             Arg::Option("--timeout") => timeout = args.seconds()?,
             Arg::Option("--max-line-bytes") => max_line_bytes = Some(args.count()?),
+            Arg::Option("--from") => from = Some(args.timestamp()?),
+            Arg::Option("--to") => range.to = Some(args.timestamp()?),
+            Arg::Option("--since") => {
+                let text = args.value()?;
+                since = Some(parse_duration(text).ok_or_else(|| {
+                    args.error(format!(
+                        "invalid --since '{text}' (seconds, or a number with s, m, h or d)"
+                    ))
+                })?);
+            }
             Arg::Option(other) => return Err(unhandled(&args, other)),
             Arg::Positional(text) => positional.push(text),
         }
     }
+    range.from = match (from, since) {
+        (Some(_), Some(_)) => {
+            return Err(args.error("--since and --from cannot be given together".into()))
+        }
+        (Some(ts), None) => Some(Start::At(ts)),
+        (None, Some(ago)) => Some(Start::Since(ago)),
+        (None, None) => None,
+    };
     let connect = Connect {
         addr: args.addr(addr, env_addr)?,
         timeout,
@@ -830,7 +961,15 @@ fn parse_client(
         (Topic::Get, [metric]) => Ok(Command::Get {
             connect,
             metric: check_metric(metric, false)?,
+            range,
         }),
+        (Topic::Plot, ["*"]) => Err(args.error("plot draws one metric, not '*'".into())),
+        (Topic::Plot, [metric]) => Ok(Command::Plot {
+            connect,
+            metric: check_metric(metric, false)?,
+            range,
+        }),
+        (Topic::Stats, []) => Ok(Command::Stats(connect)),
         _ => Err(args.error(format!("wrong number of arguments for '{command}'"))),
     }
 }
@@ -946,7 +1085,17 @@ fn execute(command: Command) -> ExitCode {
             connect,
             max_line_bytes,
         } => put_stdin(connect, max_line_bytes),
-        Command::Get { connect, metric } => get(&connect, &metric),
+        Command::Get {
+            connect,
+            metric,
+            range,
+        } => get(&connect, &metric, range.bounds(defaults::now())),
+        Command::Plot {
+            connect,
+            metric,
+            range,
+        } => plot(&connect, &metric, range.bounds(defaults::now())),
+        Command::Stats(connect) => stats(&connect),
         Command::Bench(config) => match bench::run(&config) {
             Ok(report) if report.errors == 0 => print_quietly(&report.to_string()),
             Ok(report) => {
@@ -1001,22 +1150,34 @@ fn put_stdin(connect: Connect, max_line_bytes: usize) -> ExitCode {
     }
 }
 
-fn get(connect: &Connect, metric: &str) -> ExitCode {
+/// `get METRIC` without a range, `get METRIC FROM TO` with one, each point to `each`.
+fn fetch(
+    connect: &Connect,
+    metric: &str,
+    bounds: Option<(i64, i64)>,
+    each: impl FnMut(&str, f64, i64) -> ControlFlow<()>,
+) -> Result<(), client::ClientError> {
+    let mut client = Client::connect(connect.addr.as_str(), connect.timeout)?;
+    match bounds {
+        None => client.get_each(metric, each),
+        Some((from, to)) => client.get_range_each(metric, from, to, each),
+    }
+}
+
+fn get(connect: &Connect, metric: &str, bounds: Option<(i64, i64)>) -> ExitCode {
     let mut out = io::BufWriter::with_capacity(64 * 1024, io::stdout().lock());
     let mut line = Vec::with_capacity(128);
     let mut write_error = None;
-    let result = Client::connect(connect.addr.as_str(), connect.timeout).and_then(|mut client| {
-        client.get_each(metric, |name, value, timestamp| {
-            line.clear();
-            protocol::write_point(&mut line, name, value, timestamp);
-            match out.write_all(&line) {
-                Ok(()) => ControlFlow::Continue(()),
-                Err(e) => {
-                    write_error = Some(e);
-                    ControlFlow::Break(())
-                }
+    let result = fetch(connect, metric, bounds, |name, value, timestamp| {
+        line.clear();
+        protocol::write_point(&mut line, name, value, timestamp);
+        match out.write_all(&line) {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(e) => {
+                write_error = Some(e);
+                ControlFlow::Break(())
             }
-        })
+        }
     });
     let flushed = match write_error {
         Some(e) => Err(e),
@@ -1028,6 +1189,59 @@ fn get(connect: &Connect, metric: &str) -> ExitCode {
         (Err(e), Ok(())) => failure(&e),
         (Ok(()), Ok(())) => ExitCode::SUCCESS,
     }
+}
+
+/// The default chart size, when `COLUMNS` or `LINES` is unset or not a sensible number.
+const TERMINAL: (usize, usize) = (80, 24);
+/// The largest `COLUMNS` or `LINES` believed; a larger one reads as unset.
+const MAX_TERMINAL: usize = 10_000;
+
+/// The terminal's size from `COLUMNS` and `LINES`, each a whole number from 1 to
+/// [`MAX_TERMINAL`], else the default 80x24.
+fn terminal_size(columns: Option<&str>, lines: Option<&str>) -> (usize, usize) {
+    let read = |text: Option<&str>, default| {
+        text.and_then(|t| t.trim().parse().ok())
+            .filter(|n| (1..=MAX_TERMINAL).contains(n))
+            .unwrap_or(default)
+    };
+    (read(columns, TERMINAL.0), read(lines, TERMINAL.1))
+}
+
+fn plot(connect: &Connect, metric: &str, bounds: Option<(i64, i64)>) -> ExitCode {
+    let mut reducer = plot::Reducer::new();
+    let result = fetch(connect, metric, bounds, |_, value, timestamp| {
+        reducer.push(timestamp, value);
+        ControlFlow::Continue(())
+    });
+    if let Err(e) = result {
+        return failure(&e);
+    }
+    if reducer.seen() == 0 {
+        let metric = client::escape_controls(metric);
+        return fail(&match bounds {
+            Some(_) => format!("no points for {metric} in that range"),
+            None => format!("no points for {metric}"),
+        });
+    }
+    let env = |name| std::env::var(name).ok();
+    let (columns, lines) = terminal_size(env("COLUMNS").as_deref(), env("LINES").as_deref());
+    // One line less than the terminal, so that the prompt after it does not push the top off.
+    let chart = plot::render(&reducer.points(), columns, lines.saturating_sub(1).max(1));
+    print_quietly(&chart)
+}
+
+fn stats(connect: &Connect) -> ExitCode {
+    let stats = match Client::connect(connect.addr.as_str(), connect.timeout)
+        .and_then(|mut client| client.stats())
+    {
+        Ok(stats) => stats,
+        Err(e) => return failure(&e),
+    };
+    let mut out = Vec::new();
+    for (name, value) in &stats.values {
+        protocol::write_point(&mut out, name, *value, stats.time);
+    }
+    print_quietly(&String::from_utf8_lossy(&out))
 }
 
 #[cfg(test)]
@@ -1121,6 +1335,117 @@ mod tests {
         );
     }
 
+    fn range_of(args: &[&str]) -> Range {
+        match parse_ok(args) {
+            Command::Get { range, .. } | Command::Plot { range, .. } => range,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn get_and_plot_take_a_time_range() {
+        assert_eq!(range_of(&["get", "m"]), Range::default());
+        assert_eq!(Range::default().bounds(1000), None);
+        let range = range_of(&["get", "--from", "-5", "--to=+20", "*"]);
+        assert_eq!(
+            range,
+            Range {
+                from: Some(Start::At(-5)),
+                to: Some(20)
+            }
+        );
+        assert_eq!(range.bounds(1000), Some((-5, 20)));
+        let range = range_of(&["plot", "m", "--since", "15m"]);
+        assert_eq!(range.from, Some(Start::Since(Duration::from_secs(900))));
+        assert_eq!(range.bounds(10_000), Some((9_100, i64::MAX)));
+        assert_eq!(
+            range_of(&["get", "--to", "7", "m"]).bounds(0),
+            Some((i64::MIN, 7))
+        );
+        assert_eq!(
+            range_of(&["get", "--since", "3d", "--to", "7", "m"]).bounds(100),
+            Some((100 - 3 * 86_400, 7))
+        );
+        // A --since longer than time goes back reaches the earliest timestamp.
+        assert_eq!(
+            range_of(&["get", "--since", "199999999999999d", "m"]).bounds(0),
+            Some((i64::MIN, i64::MAX))
+        );
+        assert_eq!(
+            range_of(&["get", "--from", "9223372036854775807", "m"]).bounds(0),
+            Some((i64::MAX, i64::MAX))
+        );
+    }
+
+    #[test]
+    fn bad_ranges_are_usage_errors() {
+        for (args, message) in [
+            (
+                &["get", "--from", "1", "--since", "1h", "m"][..],
+                "--since and --from cannot be given together",
+            ),
+            (
+                &["plot", "--since", "1h", "--from", "1", "m"],
+                "--since and --from cannot be given together",
+            ),
+            (
+                &["get", "--from", "1.5", "m"],
+                "invalid value for --from: '1.5' (a whole number of seconds)",
+            ),
+            (
+                &["get", "--to", "9223372036854775808", "m"],
+                "invalid value for --to: '9223372036854775808' (a whole number of seconds)",
+            ),
+            (
+                &["get", "--since", "1y", "m"],
+                "invalid --since '1y' (seconds, or a number with s, m, h or d)",
+            ),
+            (
+                &["plot", "--since", "0", "m"],
+                "invalid --since '0' (seconds, or a number with s, m, h or d)",
+            ),
+            (&["get", "--since"], "--since needs a value"),
+            (&["plot", "*"], "plot draws one metric, not '*'"),
+            (&["plot"], "wrong number of arguments for 'plot'"),
+            (&["plot", "a", "b"], "wrong number of arguments for 'plot'"),
+            (&["stats", "x"], "wrong number of arguments for 'stats'"),
+            (&["stats", "--from", "1"], "unknown option '--from'"),
+        ] {
+            let e = parse_err(args);
+            assert_eq!(e.message, message, "{args:?}");
+            assert_eq!(e.topic.spec().name, args[0], "{args:?}");
+        }
+    }
+
+    #[test]
+    fn stats_takes_only_the_connection() {
+        assert_eq!(
+            parse_ok(&["stats", "--addr", "h:1", "--timeout", "2"]),
+            Command::Stats(Connect {
+                addr: "h:1".into(),
+                timeout: Some(Duration::from_secs(2))
+            })
+        );
+    }
+
+    #[test]
+    fn the_terminal_size_comes_from_columns_and_lines_when_sane() {
+        assert_eq!(terminal_size(None, None), (80, 24));
+        assert_eq!(terminal_size(Some("120"), Some("40")), (120, 40));
+        assert_eq!(terminal_size(Some(" 100 "), None), (100, 24));
+        for bad in [
+            "",
+            "0",
+            "-3",
+            "wide",
+            "1e3",
+            "10001",
+            "99999999999999999999",
+        ] {
+            assert_eq!(terminal_size(Some(bad), Some(bad)), (80, 24), "{bad}");
+        }
+    }
+
     #[test]
     fn help_and_version() {
         assert_eq!(parse_ok(&["--help"]), Command::Help(Topic::Main));
@@ -1158,7 +1483,7 @@ mod tests {
         assert_eq!(parse_duration("15m"), Some(Duration::from_secs(900)));
         assert_eq!(parse_duration("24h"), Some(Duration::from_secs(86_400)));
         assert_eq!(parse_duration("30d"), Some(Duration::from_secs(2_592_000)));
-        for bad in ["", "0", "-5", "1.5h", "h", "5w", "99999999999999999999d"] {
+        for bad in ["", "0", "-5", "1.5h", "h", "5w", "999999199999999999999d"] {
             assert_eq!(parse_duration(bad), None, "{bad}");
         }
     }
@@ -1246,12 +1571,14 @@ mod tests {
             Topic::Server,
             Topic::Put,
             Topic::Get,
+            Topic::Plot,
+            Topic::Stats,
             Topic::Bench,
         ] {
             let (help, usage) = (topic.help(), topic.usage());
             for option in topic.spec().options {
                 let args = with_option(topic, option);
-                let args = if topic == Topic::Get {
+                let args = if matches!(topic, Topic::Get | Topic::Plot) {
                     [&args[..], &["m"]].concat()
                 } else {
                     args
@@ -1295,7 +1622,7 @@ mod tests {
         let (usage, help) = (Topic::Main.usage(), Topic::Main.help());
         assert_eq!(
             usage,
-            "usage: metrics <server|put|get|bench|help> [ARGS...]"
+            "usage: metrics <server|put|get|plot|stats|bench|help> [ARGS...]"
         );
         for spec in COMMANDS {
             assert!(

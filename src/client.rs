@@ -14,6 +14,43 @@ use std::time::Duration;
 /// Points by metric name, each metric's points as `(timestamp, value)` sorted by timestamp.
 pub type Points = BTreeMap<String, Vec<(i64, f64)>>;
 
+/// The server's figures about itself, as [`Client::stats`] returns them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stats {
+    /// When the server took them: whole seconds since the Unix epoch, by the server's clock
+    /// (the timestamp of every `stats` row; the latest, should they differ).
+    pub time: i64,
+    /// Each figure by name, such as `metrics.points` or `metrics.puts_total`.
+    pub values: BTreeMap<String, f64>,
+}
+
+impl Stats {
+    /// The figure called `name`, if the server reported it.
+    pub fn value(&self, name: &str) -> Option<f64> {
+        self.values.get(name).copied()
+    }
+}
+
+/// A callback for [`Client::get_each`] that gathers points by metric, in reply order.
+fn collect_into(points: &mut Points) -> impl FnMut(&str, f64, i64) -> ControlFlow<()> + '_ {
+    |name, value, timestamp| {
+        match points.get_mut(name) {
+            Some(series) => series.push((timestamp, value)),
+            None => {
+                points.insert(name.to_string(), vec![(timestamp, value)]);
+            }
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+/// Sorts each series by timestamp, the order [`Points`] promises whatever the reply's order.
+fn sort_series(points: &mut Points) {
+    for series in points.values_mut() {
+        series.sort_by_key(|&(timestamp, _)| timestamp);
+    }
+}
+
 /// The longest reply line the client accepts, without its `\n`; a longer one is a malformed
 /// reply. Point lines are handed on one at a time, so this bounds what a reply of any length
 /// makes the client hold.
@@ -368,18 +405,8 @@ impl Client {
     /// what the server or the connection says.
     pub fn get(&mut self, metric: &str) -> Result<Points, ClientError> {
         let mut points = Points::new();
-        self.get_each(metric, |name, value, timestamp| {
-            match points.get_mut(name) {
-                Some(series) => series.push((timestamp, value)),
-                None => {
-                    points.insert(name.to_string(), vec![(timestamp, value)]);
-                }
-            }
-            ControlFlow::Continue(())
-        })?;
-        for series in points.values_mut() {
-            series.sort_by_key(|&(timestamp, _)| timestamp);
-        }
+        self.get_each(metric, collect_into(&mut points))?;
+        sort_series(&mut points);
         Ok(points)
     }
 
@@ -397,6 +424,60 @@ impl Client {
         protocol::check_metric(metric, false).map_err(ClientError::invalid)?;
         self.call(Request::Get(Selector::parse(metric)), each)?;
         Ok(())
+    }
+
+    /// The points of `metric`, or of every metric for `*`, with `from <= timestamp <= to`
+    /// (both inclusive; use `i64::MIN` or `i64::MAX` for an open side). An unknown metric, an
+    /// empty range or `from > to` gives an empty map. Sends `get <metric> <from> <to>`.
+    ///
+    /// # Errors
+    /// As [`get`](Client::get).
+    pub fn get_range(&mut self, metric: &str, from: i64, to: i64) -> Result<Points, ClientError> {
+        let mut points = Points::new();
+        self.get_range_each(metric, from, to, collect_into(&mut points))?;
+        sort_series(&mut points);
+        Ok(points)
+    }
+
+    /// Like [`get_range`](Client::get_range), but hands each point to `each` as it is read, as
+    /// [`get_each`](Client::get_each) does.
+    ///
+    /// # Errors
+    /// As [`get`](Client::get).
+    pub fn get_range_each(
+        &mut self,
+        metric: &str,
+        from: i64,
+        to: i64,
+        each: impl FnMut(&str, f64, i64) -> ControlFlow<()>,
+    ) -> Result<(), ClientError> {
+        protocol::check_metric(metric, false).map_err(ClientError::invalid)?;
+        let request = Request::GetRange {
+            selector: Selector::parse(metric),
+            from,
+            to,
+        };
+        self.call(request, each)?;
+        Ok(())
+    }
+
+    /// The server's figures about itself (`stats`): open connections, points stored, requests
+    /// served and so on, by name (`metrics.points`). The names a server reports are listed in
+    /// the README; look them up with [`Stats::value`].
+    ///
+    /// # Errors
+    /// What the server or the connection says, as for [`get`](Client::get).
+    pub fn stats(&mut self) -> Result<Stats, ClientError> {
+        let mut stats = Stats {
+            time: 0,
+            values: BTreeMap::new(),
+        };
+        self.call(Request::Stats, |name, value, timestamp| {
+            stats.time = stats.time.max(timestamp);
+            stats.values.insert(name.to_string(), value);
+            ControlFlow::Continue(())
+        })?;
+        Ok(stats)
     }
 
     /// Sends one request and reads its reply; returns how many points it carried.

@@ -42,12 +42,12 @@ pub(crate) mod bench;
 pub(crate) mod bulk;
 mod cli;
 mod codec;
-mod codec_stub;
 mod connection;
 mod db;
 mod forward;
 mod journal;
 mod log;
+mod plot;
 mod store;
 
 pub use cli::run;

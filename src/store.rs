@@ -18,7 +18,7 @@
 //! Every byte held is counted ([`Store::memory_bytes`]) and can be capped
 //! ([`Store::set_memory_limit`]).
 
-use crate::codec_stub::Block;
+use crate::codec::Block;
 use std::collections::hash_map::{Entry, RandomState};
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};

@@ -259,7 +259,7 @@ fn help_usage_and_the_hint_after_an_error_list_the_same_options() {
         .assert()
         .code(2)
         .stderr(predicate::str::contains(
-            "usage: metrics <server|put|get|bench|help> [ARGS...]\n",
+            "usage: metrics <server|put|get|plot|stats|bench|help> [ARGS...]\n",
         ));
     metrics().args(["help", "frobnicate"]).assert().code(2);
     let hint = metrics()
@@ -422,4 +422,260 @@ fn a_closed_stderr_keeps_the_exit_codes() {
             .unwrap();
         assert_eq!(status.code(), Some(code), "{args}");
     }
+}
+
+/// A server holding `a` and `b` at timestamps 10, 20, 30, 40.
+fn loaded() -> TestServer {
+    let server = TestServer::start();
+    let mut s = server.connect();
+    let mut request = String::new();
+    for t in [10, 20, 30, 40] {
+        request.push_str(&format!("put a {t} {t}\nput b -{t} {t}\n"));
+    }
+    common::exchange(&mut s, request.as_bytes(), &b"ok\n\n".repeat(8));
+    server
+}
+
+#[test]
+fn get_from_and_to_print_the_points_inside_the_range() {
+    let server = loaded();
+    run(&server, &["get", "a", "--from", "20", "--to", "30"])
+        .success()
+        .stdout("a 20.0 20\na 30.0 30\n")
+        .stderr("");
+    run(&server, &["get", "a", "--from=35"])
+        .success()
+        .stdout("a 40.0 40\n");
+    run(&server, &["get", "--to", "+10", "a"])
+        .success()
+        .stdout("a 10.0 10\n");
+    run(&server, &["get", "*", "--from", "25", "--to", "35"])
+        .success()
+        .stdout("a 30.0 30\nb -30.0 30\n");
+    // Empty ranges, from > to, negative bounds: nothing, and success.
+    for args in [
+        &["get", "a", "--from", "41"][..],
+        &["get", "a", "--from", "30", "--to", "20"],
+        &["get", "a", "--to", "-1"],
+        &["get", "nobody", "--from", "0"],
+    ] {
+        run(&server, args).success().stdout("");
+    }
+}
+
+#[test]
+fn get_since_counts_back_from_now() {
+    let server = TestServer::start();
+    let now = metrics::defaults::now();
+    let mut s = server.connect();
+    let request = format!(
+        "put s 1 {}\nput s 2 {}\nput s 3 {now}\nput s 4 {}\n",
+        now - 7200,
+        now - 600,
+        now + 3600
+    );
+    common::exchange(&mut s, request.as_bytes(), &b"ok\n\n".repeat(4));
+    let since = |args: &[&str]| {
+        let out = run(&server, args).success().get_output().stdout.clone();
+        String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(|l| l.split(' ').nth(1).unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        since(&["get", "s", "--since", "15m"]),
+        ["2.0", "3.0", "4.0"]
+    );
+    assert_eq!(
+        since(&["get", "s", "--since", "3h"]),
+        ["1.0", "2.0", "3.0", "4.0"]
+    );
+    assert_eq!(
+        since(&["get", "s", "--since", "60", "--to", &now.to_string()]),
+        ["3.0"]
+    );
+    assert_eq!(since(&["get", "s", "--since", "1d"]).len(), 4);
+}
+
+#[test]
+fn the_range_options_choose_the_request_bytes() {
+    // No range option: the course's `get`, byte for byte; an open side is the i64 extreme.
+    for (args, request) in [
+        (&["get", "m"][..], "get m\n".to_string()),
+        (
+            &["get", "*", "--to", "5"],
+            "get * -9223372036854775808 5\n".into(),
+        ),
+        (
+            &["get", "m", "--from", "-5"],
+            "get m -5 9223372036854775807\n".into(),
+        ),
+        (
+            &["get", "m", "--from", "1", "--to", "2"],
+            "get m 1 2\n".into(),
+        ),
+    ] {
+        let (addr, fake) = common::fake_server(b"ok\n\n");
+        metrics()
+            .arg("--addr")
+            .arg(addr.to_string())
+            .args(args)
+            .assert()
+            .success()
+            .stdout("");
+        assert_eq!(fake.join().unwrap(), request, "{args:?}");
+    }
+    let (addr, fake) = common::fake_server(b"ok\n\n");
+    let before = metrics::defaults::now();
+    metrics()
+        .args(["get", "--addr", &addr.to_string(), "m", "--since", "15m"])
+        .assert()
+        .success();
+    let after = metrics::defaults::now();
+    let request = fake.join().unwrap();
+    let fields: Vec<&str> = request.trim_end().split(' ').collect();
+    assert_eq!(fields[..2], ["get", "m"], "{request}");
+    assert_eq!(fields[3], "9223372036854775807", "{request}");
+    let from: i64 = fields[2].parse().unwrap();
+    assert!((before - 900..=after - 900).contains(&from), "{request}");
+}
+
+#[test]
+fn bad_ranges_exit_2_before_connecting() {
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["get", "m", "--from", "1", "--since", "1h"],
+            "--since and --from cannot be given together",
+        ),
+        (
+            &["get", "m", "--from", "yesterday"],
+            "invalid value for --from: 'yesterday' (a whole number of seconds)",
+        ),
+        (
+            &["get", "m", "--to", "1.5"],
+            "invalid value for --to: '1.5' (a whole number of seconds)",
+        ),
+        (
+            &["get", "m", "--from", "-9223372036854775809"],
+            "invalid value for --from: '-9223372036854775809' (a whole number of seconds)",
+        ),
+        (
+            &["get", "m", "--since", "2w"],
+            "invalid --since '2w' (seconds, or a number with s, m, h or d)",
+        ),
+        (
+            &["get", "m", "--since", "-5m"],
+            "invalid --since '-5m' (seconds, or a number with s, m, h or d)",
+        ),
+        (&["get", "m", "--to"], "--to needs a value"),
+        (
+            &["plot", "m", "--since", "soon"],
+            "invalid --since 'soon' (seconds, or a number with s, m, h or d)",
+        ),
+        (&["plot", "*"], "plot draws one metric, not '*'"),
+        (&["plot"], "wrong number of arguments for 'plot'"),
+        (&["stats", "extra"], "wrong number of arguments for 'stats'"),
+        (&["stats", "--since", "1h"], "unknown option '--since'"),
+    ];
+    let dead = common::dead_addr().to_string();
+    for (args, message) in cases {
+        metrics()
+            .env("METRICS_ADDR", &dead)
+            .args(*args)
+            .assert()
+            .code(2)
+            .stdout("")
+            .stderr(format!("metrics: {message}\n{}\n", usage_line(args[0])));
+    }
+}
+
+/// The one-line usage hint of `command`, as its help page's options spell it.
+fn usage_line(command: &str) -> String {
+    let out = metrics()
+        .args([command, "--bogus-option"])
+        .assert()
+        .code(2)
+        .get_output()
+        .stderr
+        .clone();
+    String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .nth(1)
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn range_options_are_in_help_and_usage() {
+    for command in ["get", "plot"] {
+        let usage = usage_line(command);
+        for option in ["[--from TS]", "[--to TS]", "[--since DURATION]"] {
+            assert!(usage.contains(option), "{usage}");
+        }
+        metrics()
+            .args(["help", command])
+            .assert()
+            .success()
+            .stdout(predicate::str::contains("\n  --since DURATION "))
+            .stdout(predicate::str::contains("\n  --from TS "));
+    }
+    assert_eq!(
+        usage_line("stats"),
+        "usage: metrics stats [-h] [--addr HOST:PORT] [--timeout SECS]"
+    );
+    metrics()
+        .arg("--help")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("\n  plot METRIC "))
+        .stdout(predicate::str::contains("\n  stats "));
+}
+
+#[test]
+fn stats_prints_sorted_rows_in_the_get_format() {
+    let server = loaded();
+    let out = run(&server, &["stats"])
+        .success()
+        .stderr("")
+        .get_output()
+        .stdout
+        .clone();
+    let out = String::from_utf8(out).unwrap();
+    let now = metrics::defaults::now();
+    let mut names = Vec::new();
+    for line in out.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        assert_eq!(fields.len(), 3, "{line}");
+        assert!(fields[0].starts_with("metrics."), "{line}");
+        fields[1].parse::<f64>().unwrap();
+        let time: i64 = fields[2].parse().unwrap();
+        assert!((now - 2..=now + 2).contains(&time), "{line}");
+        names.push(fields[0]);
+    }
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(names, sorted);
+    assert!(out.contains("\nmetrics.points 8.0 "), "{out}");
+    assert!(out.contains("\nmetrics.puts_total 8.0 "), "{out}");
+    // A dead server is a runtime failure.
+    metrics()
+        .args(["stats", "--addr", &common::dead_addr().to_string()])
+        .assert()
+        .code(1)
+        .stdout("")
+        .stderr(predicate::str::starts_with("metrics: cannot connect to "));
+}
+
+#[test]
+fn stats_exits_1_on_an_error_reply() {
+    let (addr, fake) = common::fake_server(b"error\nwrong command\n\n");
+    metrics()
+        .args(["stats", "--addr", &addr.to_string()])
+        .assert()
+        .code(1)
+        .stdout("")
+        .stderr("metrics: server replied with an error: wrong command\n");
+    assert_eq!(fake.join().unwrap(), "stats\n");
 }

@@ -256,3 +256,128 @@ fn server_text_is_escaped_when_shown_and_kept_as_sent() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn get_range_returns_only_the_points_inside_the_range() {
+    let server = TestServer::start();
+    let mut client = server.client();
+    for t in [10, 20, 30, 40] {
+        client.put("a", t as f64, Some(t)).unwrap();
+        client.put("b", -t as f64, Some(t)).unwrap();
+    }
+    client.put("edge", 1.0, Some(i64::MIN)).unwrap();
+    client.put("edge", 2.0, Some(i64::MAX)).unwrap();
+    let a = client.get_range("a", 15, 30).unwrap();
+    assert_eq!(a.len(), 1);
+    assert_eq!(a["a"], vec![(20, 20.0), (30, 30.0)]);
+    let all = client.get_range("*", 40, 40).unwrap();
+    assert_eq!(all.keys().collect::<Vec<_>>(), ["a", "b"]);
+    assert_eq!(all["b"], vec![(40, -40.0)]);
+    assert_eq!(
+        client.get_range("edge", i64::MIN, i64::MAX).unwrap()["edge"],
+        vec![(i64::MIN, 1.0), (i64::MAX, 2.0)]
+    );
+    assert!(client.get_range("a", 41, i64::MAX).unwrap().is_empty());
+    assert!(client.get_range("a", 30, 20).unwrap().is_empty());
+    assert!(client.get_range("nobody", 0, 100).unwrap().is_empty());
+    // The whole range is the plain get.
+    assert_eq!(
+        client.get_range("*", i64::MIN, i64::MAX).unwrap(),
+        client.get("*").unwrap()
+    );
+}
+
+#[test]
+fn get_range_each_streams_points_in_reply_order() {
+    let server = TestServer::start();
+    let mut client = server.client();
+    for t in 0..100 {
+        client.put("stream", t as f64, Some(t)).unwrap();
+    }
+    let mut seen = Vec::new();
+    client
+        .get_range_each("stream", 10, 19, |name, value, timestamp| {
+            assert_eq!(name, "stream");
+            seen.push((timestamp, value));
+            std::ops::ControlFlow::Continue(())
+        })
+        .unwrap();
+    assert_eq!(seen, (10..20).map(|t| (t, t as f64)).collect::<Vec<_>>());
+}
+
+#[test]
+fn get_range_sends_the_range_request_and_refuses_bad_names() {
+    let (addr, seen) = fake_server(b"ok\nm 1.0 -3\n\n");
+    let mut client = Client::connect(addr, Some(Duration::from_secs(5))).unwrap();
+    for bad in ["", "a b", "a\u{85}"] {
+        assert!(matches!(
+            client.get_range(bad, 0, 1),
+            Err(ClientError::InvalidArgument(_))
+        ));
+    }
+    let points = client.get_range("m", -9, i64::MAX).unwrap();
+    assert_eq!(points["m"], vec![(-3, 1.0)]);
+    drop(client);
+    assert_eq!(seen.join().unwrap(), "get m -9 9223372036854775807\n");
+}
+
+#[test]
+fn stats_counts_what_the_client_did() {
+    let server = TestServer::start();
+    let mut client = server.client();
+    let before = client.stats().unwrap();
+    let names: Vec<&String> = before.values.keys().collect();
+    for name in [
+        "metrics.points",
+        "metrics.puts_total",
+        "metrics.uptime_seconds",
+    ] {
+        assert!(
+            before.value(name).is_some(),
+            "{name} missing from {names:?}"
+        );
+    }
+    let now = metrics::defaults::now();
+    assert!(
+        (now - 2..=now + 2).contains(&before.time),
+        "{}",
+        before.time
+    );
+    for t in 0..25 {
+        client.put("counted", 1.0, Some(t)).unwrap();
+    }
+    client.get_range("counted", 0, 9).unwrap();
+    let after = client.stats().unwrap();
+    let grew = |name| after.value(name).unwrap() - before.value(name).unwrap();
+    assert_eq!(grew("metrics.puts_total"), 25.0);
+    assert_eq!(grew("metrics.gets_total"), 1.0);
+    assert_eq!(after.value("metrics.points"), Some(25.0));
+    assert_eq!(after.value("metrics.connections"), Some(1.0));
+    assert_eq!(after.value("no.such.figure"), None);
+    // Stats are not points: `get *` holds only what was put.
+    assert_eq!(
+        client.get("*").unwrap().keys().collect::<Vec<_>>(),
+        ["counted"]
+    );
+}
+
+#[test]
+fn stats_reads_the_rows_of_the_reply() {
+    let (addr, seen) = fake_server(b"ok\nmetrics.a 1.0 1700000000\nmetrics.b 2.5 1700000000\n\n");
+    let mut client = Client::connect(addr, Some(Duration::from_secs(5))).unwrap();
+    let stats = client.stats().unwrap();
+    assert_eq!(stats.time, 1_700_000_000);
+    assert_eq!(
+        stats.values.into_iter().collect::<Vec<_>>(),
+        [
+            ("metrics.a".to_string(), 1.0),
+            ("metrics.b".to_string(), 2.5)
+        ]
+    );
+    drop(client);
+    assert_eq!(seen.join().unwrap(), "stats\n");
+    // An error reply is the server's error, as for any call.
+    let (addr, _) = fake_server(b"error\nwrong command\n\n");
+    let mut client = Client::connect(addr, Some(Duration::from_secs(5))).unwrap();
+    assert!(matches!(client.stats(), Err(ClientError::Server(m)) if m == "wrong command"));
+}

@@ -1,0 +1,1601 @@
+//! The block codec: pure encoders and decoders for a series' sealed blocks. No I/O, no locks.
+//!
+//! A [`Block`] holds points in timestamp order, compressed; [`Block::iter`] decodes them without
+//! allocating. The store owns the policy (head size, when to seal, retention); this file owns the
+//! bytes.
+//!
+//! # Format
+//! The bytes are a LEB128 point count (nothing at all for an empty block), then one big-endian bit
+//! stream. The first timestamp lives in the [`Block`] itself. Every integer stream below is
+//! written with a [`Code`]: a prefix code of up to six symbols chosen per block, each a bucket of
+//! `width` bits holding a zig-zag integer, or an escape. The encoder picks the bucket widths that
+//! make the block smallest, so a stream that is always 0 costs 0 bits a point, and a stream that is
+//! mostly 0 costs about 1.
+//!
+//! - Timestamps: delta-of-delta (Gorilla). The header holds the first delta, so a regular series
+//!   costs nothing past its header. Arithmetic wraps in `i64`, which is exact modulo 2^64: any
+//!   sequence of `i64`, even `i64::MIN` next to `i64::MAX`, round-trips.
+//! - Values: a per-value hybrid at one decimal exponent `E` per block (VictoriaMetrics-style
+//!   decimals). A value that is within [`MAX_FIX`] ulps of `M / 10^E` for an integer `M` is coded
+//!   as the change of `M` (delta or delta-of-delta, chosen per block) plus the ulp difference,
+//!   which is 0 for a clean decimal such as `51.846` and tiny for float noise such as
+//!   `94.79799999999999`. Any other value is an escape, coded as a Gorilla XOR against the
+//!   previous value or as its raw 64 bits, chosen per block. A block with no escape spends no bits
+//!   on them; a block of escapes only is plain Gorilla (or raw bits, for random data).
+//!
+//! The encoder tries the exponents the block's values suggest and keeps the smallest encoding, so
+//! the choice between XOR, decimal and hybrid is made per block by size. Decoding a decimal is
+//! one division, `M as f64 / 10^E`, which is correctly rounded and so exact; the encoder checks
+//! every value through that same function, so values always come back bit for bit.
+
+// The store is being wired to this module; until it is, only the tests call it.
+
+/// Largest decimal exponent: 10^22 is the largest power of ten an `f64` holds exactly.
+const MAX_EXP: usize = 22;
+/// Exact powers of ten as `f64`, for [`decimal_value`].
+const POW10: [f64; MAX_EXP + 1] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+];
+/// The most ulps a decimal value may differ from `M / 10^E`: float noise, not a different value.
+const MAX_FIX: u64 = 1 << 8;
+/// Symbols of a [`Code`]; its longest prefix is one bit shorter.
+const MAX_SYMBOLS: usize = 6;
+/// Bits a decoder peeks to find a symbol: the longest prefix.
+const LUT_BITS: u32 = MAX_SYMBOLS as u32 - 1;
+/// The width that marks a [`Code`]'s escape symbol.
+const ESCAPE: u8 = 127;
+
+/// A sealed block: points in timestamp order, compressed. Holds 32 bytes inline plus
+/// [`heap_bytes`](Block::heap_bytes) on the heap; cloning copies the bytes.
+#[derive(Debug, Clone)]
+pub struct Block {
+    bytes: Box<[u8]>,
+    first: i64,
+    last: i64,
+}
+
+impl Block {
+    /// Encodes `points`, which should have strictly increasing timestamps (the codec is tuned for
+    /// that, but any sequence round-trips, duplicates and descending stamps included). Values
+    /// come back bit for bit, whatever their bits. An empty slice gives an empty block.
+    ///
+    /// # Panics
+    /// If there are more than `u32::MAX` points.
+    pub fn encode(points: &[(i64, f64)]) -> Block {
+        let count = u32::try_from(points.len()).expect("a block holds at most u32::MAX points");
+        let (Some(&(first, _)), Some(&(last, _))) = (points.first(), points.last()) else {
+            return Block {
+                bytes: Box::default(),
+                first: 0,
+                last: 0,
+            };
+        };
+        let times = TimePlan::new(points);
+        let values = ValuePlan::best(points);
+        let mut out =
+            BitWriter::with_capacity(5 + ((times.bits + values.bits) / 8) as usize + 8, count);
+        times.write_header(&mut out);
+        values.write_header(&mut out);
+        let mut xor = Xor::default();
+        for (i, &(_, value)) in points.iter().enumerate() {
+            if i > 0 {
+                times.writer.put(&mut out, times.dods[i - 1]);
+            }
+            values.write_value(&mut out, i, value, &mut xor);
+        }
+        Block {
+            bytes: out.finish().into_boxed_slice(),
+            first,
+            last,
+        }
+    }
+
+    /// The number of points.
+    pub fn len(&self) -> usize {
+        read_count(&self.bytes).0 as usize
+    }
+
+    /// The first point's timestamp (0 for an empty block).
+    pub fn first(&self) -> i64 {
+        self.first
+    }
+
+    /// The last point's timestamp (0 for an empty block).
+    pub fn last(&self) -> i64 {
+        self.last
+    }
+
+    /// The bytes of heap the block holds (its encoding), for memory accounting. The allocator's
+    /// own overhead and the 32 bytes of the `Block` itself are not included.
+    pub fn heap_bytes(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// The points, decoded on the fly without allocating.
+    pub fn iter(&self) -> BlockIter<'_> {
+        BlockIter::new(self)
+    }
+
+    /// Appends every point to `out`.
+    pub fn decode_into(&self, out: &mut Vec<(i64, f64)>) {
+        let iter = self.iter();
+        out.reserve(iter.len());
+        out.extend(iter);
+    }
+}
+
+/// The points of a [`Block`], oldest first. See [`Block::iter`].
+#[derive(Debug, Clone)]
+pub struct BlockIter<'a> {
+    reader: BitReader<'a>,
+    count: u32,
+    left: u32,
+    time: i64,
+    time_delta: i64,
+    mantissa: i64,
+    mantissa_delta: i64,
+    /// All ones for a delta-of-delta mantissa, 0 for a plain delta.
+    delta_mask: i64,
+    scale: f64,
+    raw: bool,
+    xor: Xor,
+    /// Whether every delta-of-delta, or every fix, is 0 (a code of one 0-bit symbol).
+    time_fixed: bool,
+    fix_fixed: bool,
+    time_lut: Lut,
+    mantissa_lut: Lut,
+    fix_lut: Lut,
+}
+
+impl<'a> BlockIter<'a> {
+    fn new(block: &'a Block) -> Self {
+        let (count, start) = read_count(&block.bytes);
+        let mut reader = BitReader {
+            bytes: &block.bytes,
+            pos: start * 8,
+        };
+        // The header, in the order `Block::encode` writes it. An empty block has none, a block
+        // of one point no timestamp part.
+        let (mut time_delta, mut time_code) = (0, Code::single(0));
+        if count >= 2 {
+            time_delta = unzigzag(reader.read_long());
+            time_code = Code::read(&mut reader);
+        }
+        let (mut raw, mut exp, mut dod) = (false, 0, false);
+        let (mut mantissa, mut mantissa_delta) = (0, 0);
+        let (mut mantissa_code, mut fix_code) = (Code::single(0), Code::single(0));
+        if count >= 1 {
+            raw = reader.read(1) == 1;
+            exp = (reader.read(5) as usize).min(MAX_EXP);
+            dod = reader.read(1) == 1;
+            mantissa = unzigzag(reader.read_long());
+            mantissa_delta = unzigzag(reader.read_long());
+            mantissa_code = Code::read(&mut reader);
+            fix_code = Code::read(&mut reader);
+        }
+        BlockIter {
+            reader,
+            count,
+            left: count,
+            // One step before the first point, so that its delta-of-delta is 0 as well.
+            time: block.first.wrapping_sub(time_delta),
+            time_delta,
+            mantissa,
+            mantissa_delta,
+            delta_mask: if dod { -1 } else { 0 },
+            scale: POW10[exp],
+            raw,
+            xor: Xor::default(),
+            time_fixed: time_code == Code::single(0),
+            fix_fixed: fix_code == Code::single(0),
+            time_lut: time_code.lut(),
+            mantissa_lut: mantissa_code.lut(),
+            fix_lut: fix_code.lut(),
+        }
+    }
+}
+
+impl Iterator for BlockIter<'_> {
+    type Item = (i64, f64);
+
+    #[inline]
+    fn next(&mut self) -> Option<(i64, f64)> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        // The first point has no symbol; neither has any point of a regular block.
+        if !self.time_fixed && self.left + 1 != self.count {
+            let dod = unzigzag(self.reader.symbol(&self.time_lut).unwrap_or(0));
+            self.time_delta = self.time_delta.wrapping_add(dod);
+        }
+        self.time = self.time.wrapping_add(self.time_delta);
+        let bits = match self.reader.symbol(&self.mantissa_lut) {
+            Some(zz) => {
+                self.mantissa_delta =
+                    (self.mantissa_delta & self.delta_mask).wrapping_add(unzigzag(zz));
+                self.mantissa = self.mantissa.wrapping_add(self.mantissa_delta);
+                let mut bits = decimal_value(self.mantissa, self.scale);
+                if !self.fix_fixed {
+                    let fix = unzigzag(self.reader.symbol(&self.fix_lut).unwrap_or(0));
+                    bits = bits.wrapping_add(fix as u64);
+                }
+                self.xor.prev = bits;
+                bits
+            }
+            None if self.raw => {
+                let bits = self.reader.read(64);
+                self.xor.prev = bits;
+                bits
+            }
+            None => self.xor.get(&mut self.reader),
+        };
+        Some((self.time, f64::from_bits(bits)))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left as usize, Some(self.left as usize))
+    }
+}
+
+impl ExactSizeIterator for BlockIter<'_> {}
+
+/// The bits of `mantissa / 10^E`, correctly rounded: exact whenever `|mantissa| <= 2^53`, and
+/// the one definition both sides use, so the encoder can check every value through it.
+#[inline]
+fn decimal_value(mantissa: i64, scale: f64) -> u64 {
+    (mantissa as f64 / scale).to_bits()
+}
+
+/// `value`'s shortest usable decimal: the smallest `d` with an `m` such that `value` is `fix`
+/// ulps from `m / 10^d`, at most [`MAX_FIX`], if any. The `d` that worked for the previous
+/// value is tried first, since a series' values tend to share it: a value that works at some `d`
+/// works at every larger one, so the search walks down from there, or up if it fails.
+fn decimal_digits(value: f64, hint: u8) -> Option<(u8, i64, i16)> {
+    let magnitude = value.abs();
+    if magnitude.is_nan() || magnitude >= DECIMAL_LIMIT {
+        return None;
+    }
+    // Below 1e-23 every scale rounds to m = 0, so d = 0 is the only one worth a try.
+    if magnitude < 1e-23 {
+        return decimal_at(value, 0).ok()?.map(|(m, fix)| (0, m, fix));
+    }
+    let hint = usize::from(hint).min(MAX_EXP);
+    if let Ok(Some(found)) = decimal_at(value, hint) {
+        let mut best = (hint as u8, found.0, found.1);
+        for d in (0..hint).rev() {
+            match decimal_at(value, d) {
+                Ok(Some((m, fix))) => best = (d as u8, m, fix),
+                _ => break,
+            }
+        }
+        return Some(best);
+    }
+    for d in (0..=MAX_EXP).filter(|&d| d != hint) {
+        match decimal_at(value, d) {
+            Ok(Some((m, fix))) => return Some((d as u8, m, fix)),
+            Ok(None) => {}
+            Err(TooLarge) => return None,
+        }
+    }
+    None
+}
+
+/// Mantissas stay below this, which is below `i64::MAX`.
+const DECIMAL_LIMIT: f64 = 9.2e18;
+
+/// `value * 10^d` overflows the mantissa, as it does for every larger `d`.
+struct TooLarge;
+
+/// `value` as `m / 10^d`, `fix` ulps away, if that is at most [`MAX_FIX`].
+#[inline]
+fn decimal_at(value: f64, d: usize) -> Result<Option<(i64, i16)>, TooLarge> {
+    let scale = POW10[d];
+    let scaled = value * scale;
+    if scaled.is_nan() || scaled.abs() >= DECIMAL_LIMIT {
+        return Err(TooLarge);
+    }
+    // Round to nearest without a libm call: truncate, then look at the fraction.
+    let mut m = scaled as i64;
+    let fraction = scaled - m as f64;
+    if fraction.abs() > 1e-3 && fraction.abs() < 1.0 - 1e-3 && scaled.abs() < 1e9 {
+        // Far from an integer and small: more than MAX_FIX ulps away, skip the division.
+        return Ok(None);
+    }
+    if fraction >= 0.5 {
+        m += 1;
+    } else if fraction <= -0.5 {
+        m -= 1;
+    }
+    let fix = value.to_bits().wrapping_sub(decimal_value(m, scale)) as i64;
+    Ok((fix.unsigned_abs() <= MAX_FIX).then_some((m, fix as i16)))
+}
+
+/// Exact powers of ten as `i64`.
+const POW10_INT: [i64; 19] = {
+    let mut table = [1i64; 19];
+    let mut i = 1;
+    while i < 19 {
+        table[i] = table[i - 1] * 10;
+        i += 1;
+    }
+    table
+};
+
+/// `m * 10^k`, if it fits.
+#[inline]
+fn scale_up(m: i64, k: usize) -> Option<i64> {
+    match POW10_INT.get(k) {
+        Some(&scale) => m.checked_mul(scale),
+        None => (m == 0).then_some(0),
+    }
+}
+
+fn zigzag(x: i64) -> u64 {
+    ((x << 1) ^ (x >> 63)) as u64
+}
+
+fn unzigzag(u: u64) -> i64 {
+    ((u >> 1) as i64) ^ -((u & 1) as i64)
+}
+
+/// Bits needed for `u`: 0 for 0, 64 for the top bit set.
+fn bit_len(u: u64) -> usize {
+    64 - u.leading_zeros() as usize
+}
+
+/// Reads the LEB128 point count; returns it and the byte where the bit stream starts.
+fn read_count(bytes: &[u8]) -> (u32, usize) {
+    let mut count = 0u32;
+    for (i, &byte) in bytes.iter().enumerate().take(5) {
+        count |= u32::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return (count, i + 1);
+        }
+    }
+    (count, bytes.len().min(5))
+}
+
+/// Where bits go: a [`BitWriter`], or a [`BitCount`] when the encoder only weighs a choice. One
+/// writing routine serves both, so the sizes compared are exactly the sizes written.
+trait Sink {
+    /// Appends `value` in `bits` bits (`bits <= 64`; `value` must fit), most significant first.
+    fn put(&mut self, value: u64, bits: u32);
+
+    /// An integer of any size: its bit length in 7 bits, then the bits.
+    fn put_long(&mut self, value: u64) {
+        let len = bit_len(value) as u32;
+        self.put(u64::from(len), 7);
+        self.put(value, len);
+    }
+}
+
+/// Bits appended to a byte vector, big-endian, 64 at a time.
+struct BitWriter {
+    bytes: Vec<u8>,
+    acc: u64,
+    used: u32,
+}
+
+impl BitWriter {
+    /// A writer whose bytes start with the LEB128 `count`.
+    fn with_capacity(capacity: usize, count: u32) -> Self {
+        let mut bytes = Vec::with_capacity(capacity);
+        let mut rest = count;
+        while rest >= 0x80 {
+            bytes.push((rest as u8 & 0x7f) | 0x80);
+            rest >>= 7;
+        }
+        bytes.push(rest as u8);
+        BitWriter {
+            bytes,
+            acc: 0,
+            used: 0,
+        }
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        if self.used > 0 {
+            let acc = self.acc << (64 - self.used);
+            let len = self.used.div_ceil(8) as usize;
+            self.bytes.extend_from_slice(&acc.to_be_bytes()[..len]);
+        }
+        self.bytes
+    }
+}
+
+impl Sink for BitWriter {
+    #[inline(always)]
+    fn put(&mut self, value: u64, bits: u32) {
+        debug_assert!(bits <= 64 && (bits == 64 || value >> bits == 0));
+        if bits < 64 - self.used {
+            self.acc = (self.acc << bits) | value;
+            self.used += bits;
+        } else {
+            let rest = bits - (64 - self.used);
+            let full = if self.used == 0 {
+                value
+            } else {
+                (self.acc << (64 - self.used)) | (value >> rest)
+            };
+            self.bytes.extend_from_slice(&full.to_be_bytes());
+            self.acc = if rest == 0 {
+                0
+            } else {
+                value & (u64::MAX >> (64 - rest))
+            };
+            self.used = rest;
+        }
+    }
+}
+
+/// Counts bits instead of writing them.
+#[derive(Default)]
+struct BitCount(u64);
+
+impl Sink for BitCount {
+    #[inline]
+    fn put(&mut self, _value: u64, bits: u32) {
+        self.0 += u64::from(bits);
+    }
+}
+
+/// Reads a big-endian bit stream 8 bytes at a time. Past the end it reads zeros, so no input
+/// makes it panic.
+#[derive(Debug, Clone)]
+struct BitReader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl BitReader<'_> {
+    /// The next bits, left-aligned: at least the top 57 are the stream's.
+    #[inline]
+    fn peek(&self) -> u64 {
+        let at = self.pos >> 3;
+        let word = match self
+            .bytes
+            .get(at..)
+            .and_then(|rest| rest.first_chunk::<8>())
+        {
+            Some(chunk) => u64::from_be_bytes(*chunk),
+            None => self.tail(at),
+        };
+        word << (self.pos & 7)
+    }
+
+    #[cold]
+    fn tail(&self, at: usize) -> u64 {
+        let mut word = [0u8; 8];
+        if let Some(rest) = self.bytes.get(at..) {
+            let len = rest.len().min(8);
+            word[..len].copy_from_slice(&rest[..len]);
+        }
+        u64::from_be_bytes(word)
+    }
+
+    /// The next `bits` bits (at most 64) as an integer.
+    #[inline]
+    fn read(&mut self, bits: u32) -> u64 {
+        if bits <= 56 {
+            // Two shifts so that 0 bits reads 0 without a shift by 64.
+            let value = (self.peek() >> 1) >> (63 - bits);
+            self.pos += bits as usize;
+            value
+        } else {
+            let bits = bits.min(64);
+            let high = self.read(32);
+            let low = self.read(bits - 32);
+            (high << (bits - 32)) | low
+        }
+    }
+
+    fn read_long(&mut self) -> u64 {
+        let len = self.read(7) as u32;
+        self.read(len)
+    }
+
+    /// One symbol of a [`Code`]: its bucket's integer, or `None` for the escape.
+    #[inline]
+    fn symbol(&mut self, lut: &Lut) -> Option<u64> {
+        let word = self.peek();
+        let entry = lut[(word >> (64 - LUT_BITS)) as usize];
+        let prefix = u32::from(entry & 0xff);
+        let width = u32::from(entry >> 8);
+        if width == u32::from(ESCAPE) {
+            self.pos += prefix as usize;
+            return None;
+        }
+        if prefix + width <= 57 {
+            self.pos += (prefix + width) as usize;
+            Some(((word << prefix) >> 1) >> (63 - width))
+        } else {
+            self.pos += prefix as usize;
+            Some(self.read(width))
+        }
+    }
+}
+
+/// A decoding table: for each [`LUT_BITS`]-bit pattern, `prefix length | width << 8`.
+type Lut = [u16; 1 << LUT_BITS];
+
+/// A prefix code chosen per block for one integer stream. Symbol `r` (in rank order, most
+/// frequent first) has the prefix `1^r 0`, the last one `1^r`; it stands for a zig-zag integer
+/// of `widths[r]` bits, or for the escape when `widths[r] == ESCAPE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Code {
+    n: usize,
+    widths: [u8; MAX_SYMBOLS],
+}
+
+impl Code {
+    /// A code of one symbol: it costs no bits at all.
+    fn single(width: u8) -> Code {
+        let mut widths = [0; MAX_SYMBOLS];
+        widths[0] = width;
+        Code { n: 1, widths }
+    }
+
+    fn prefix(&self, rank: usize) -> (u64, u32) {
+        if rank + 1 < self.n {
+            (((1u64 << rank) - 1) << 1, rank as u32 + 1)
+        } else {
+            ((1u64 << rank) - 1, rank as u32)
+        }
+    }
+
+    fn write(&self, sink: &mut impl Sink) {
+        sink.put(self.n as u64 - 1, 3);
+        for &width in &self.widths[..self.n] {
+            sink.put(u64::from(width), 7);
+        }
+    }
+
+    fn read(reader: &mut BitReader<'_>) -> Code {
+        let n = (reader.read(3) as usize + 1).min(MAX_SYMBOLS);
+        let mut widths = [0; MAX_SYMBOLS];
+        for width in &mut widths[..n] {
+            let w = reader.read(7) as u8;
+            *width = if w == ESCAPE { w } else { w.min(64) };
+        }
+        Code { n, widths }
+    }
+
+    fn lut(&self) -> Lut {
+        let mut lut = [0; 1 << LUT_BITS];
+        for (pattern, entry) in lut.iter_mut().enumerate() {
+            let ones = ((pattern as u64) << (64 - LUT_BITS)).leading_ones() as usize;
+            let rank = ones.min(self.n - 1);
+            let (_, len) = self.prefix(rank);
+            *entry = len as u16 | u16::from(self.widths[rank]) << 8;
+        }
+        lut
+    }
+
+    /// The table that writes this code.
+    fn writer(&self) -> CodeWriter {
+        let entry = |rank: usize| {
+            let (prefix, len) = self.prefix(rank);
+            let width = self.widths[rank];
+            let bits = len + u32::from(width);
+            Prefixed {
+                prefix: if bits <= 64 { prefix << width } else { prefix },
+                bits,
+                len: len as u8,
+                width,
+            }
+        };
+        let mut writer = CodeWriter {
+            by_len: [Prefixed::default(); 65],
+            escape: Prefixed::default(),
+        };
+        for (len, slot) in writer.by_len.iter_mut().enumerate() {
+            // The narrowest bucket that holds this length.
+            let mut best: Option<usize> = None;
+            for rank in 0..self.n {
+                let width = self.widths[rank];
+                if width != ESCAPE
+                    && usize::from(width) >= len
+                    && best.is_none_or(|b| width < self.widths[b])
+                {
+                    best = Some(rank);
+                }
+            }
+            *slot = best.map_or_else(Prefixed::default, entry);
+        }
+        if let Some(rank) = self.widths[..self.n].iter().position(|&w| w == ESCAPE) {
+            let (prefix, len) = self.prefix(rank);
+            writer.escape = Prefixed {
+                prefix,
+                bits: len,
+                len: len as u8,
+                width: 0,
+            };
+        }
+        writer
+    }
+
+    /// The code that writes integers of these bit lengths (`hist[len]` of them) and `escapes`
+    /// escapes in the fewest bits, and that number of bits (escape payloads not included).
+    ///
+    /// The widest bucket is the longest length present; narrower buckets are added greedily,
+    /// each time the one that saves the most, then each is moved where it saves more: tens of
+    /// size evaluations, where an exhaustive search takes thousands.
+    fn best(hist: &[u32; 65], escapes: u32) -> (Code, u64) {
+        let mut candidates = [0u8; 65];
+        let mut n_candidates = 0;
+        let mut cumulative = [0u64; 65];
+        let mut total = 0;
+        for (len, &count) in hist.iter().enumerate() {
+            if count > 0 {
+                candidates[n_candidates] = len as u8;
+                n_candidates += 1;
+            }
+            total += u64::from(count);
+            cumulative[len] = total;
+        }
+        if n_candidates == 0 {
+            return (Code::single(if escapes > 0 { ESCAPE } else { 0 }), 0);
+        }
+        n_candidates -= 1;
+        let top = candidates[n_candidates];
+        let candidates = &candidates[..n_candidates];
+        let max_narrow = MAX_SYMBOLS - 1 - usize::from(escapes > 0);
+        let sizes = Sizes {
+            cumulative: &cumulative,
+            top,
+            escapes,
+        };
+        // The narrow widths, kept sorted.
+        let mut narrow = [0u8; MAX_SYMBOLS];
+        let mut n = 0;
+        let mut best = sizes.bits(&narrow[..0]);
+        while n < max_narrow {
+            let mut pick = None;
+            for &width in candidates {
+                let (trial, len) = with(&narrow[..n], None, width);
+                let bits = sizes.bits(&trial[..len]);
+                if bits < best {
+                    best = bits;
+                    pick = Some(trial);
+                }
+            }
+            let Some(trial) = pick else { break };
+            n += 1;
+            narrow = trial;
+        }
+        for i in 0..n {
+            for &width in candidates {
+                let (trial, len) = with(&narrow[..n], Some(i), width);
+                if len == n {
+                    let bits = sizes.bits(&trial[..n]);
+                    if bits < best {
+                        best = bits;
+                        narrow = trial;
+                    }
+                }
+            }
+        }
+        (sizes.code(&narrow[..n]), best)
+    }
+}
+
+/// `narrow` (sorted) without its element at `remove` and with `add`, still sorted, and its
+/// length. An `add` already there is not added twice, which the length shows.
+fn with(narrow: &[u8], remove: Option<usize>, add: u8) -> ([u8; MAX_SYMBOLS], usize) {
+    let mut out = [0u8; MAX_SYMBOLS];
+    let mut len = 0;
+    let mut added = false;
+    for (i, &width) in narrow.iter().enumerate() {
+        if Some(i) == remove {
+            continue;
+        }
+        if width == add {
+            added = true;
+        } else if !added && add < width {
+            out[len] = add;
+            len += 1;
+            added = true;
+        }
+        out[len] = width;
+        len += 1;
+    }
+    if !added {
+        out[len] = add;
+        len += 1;
+    }
+    (out, len)
+}
+
+/// A [`Code`] as the encoder uses it: for each bit length, how to write an integer of that
+/// length, and how to write the escape.
+struct CodeWriter {
+    by_len: [Prefixed; 65],
+    escape: Prefixed,
+}
+
+/// How to write one symbol: the prefix already shifted above the bucket's `width` bits, and the
+/// total length, unless that is over 64 bits (then `prefix` is unshifted, `len` bits long).
+#[derive(Debug, Clone, Copy, Default)]
+struct Prefixed {
+    prefix: u64,
+    bits: u32,
+    len: u8,
+    width: u8,
+}
+
+impl CodeWriter {
+    /// Writes `zz`, which must fit one of the code's buckets.
+    #[inline(always)]
+    fn put(&self, sink: &mut impl Sink, zz: u64) {
+        let entry = &self.by_len[bit_len(zz)];
+        if entry.bits <= 64 {
+            sink.put(entry.prefix | zz, entry.bits);
+        } else {
+            sink.put(entry.prefix, u32::from(entry.len));
+            sink.put(zz, u32::from(entry.width));
+        }
+    }
+
+    #[inline]
+    fn put_escape(&self, sink: &mut impl Sink) {
+        sink.put(self.escape.prefix, self.escape.bits);
+    }
+}
+
+/// What [`Code::best`] weighs: the values' bit lengths as a cumulative histogram, the widest
+/// length and the escapes.
+struct Sizes<'a> {
+    cumulative: &'a [u64; 65],
+    top: u8,
+    escapes: u32,
+}
+
+impl Sizes<'_> {
+    /// The size in bits of the code with these `narrow` widths.
+    #[inline]
+    fn bits(&self, narrow: &[u8]) -> u64 {
+        let mut counts = [0u64; MAX_SYMBOLS];
+        let mut below = 0;
+        let mut bits = 0;
+        let mut n = 0;
+        for &width in narrow {
+            let up_to = self.cumulative[usize::from(width)];
+            counts[n] = up_to - below;
+            bits += (up_to - below) * u64::from(width);
+            below = up_to;
+            n += 1;
+        }
+        counts[n] = self.cumulative[64] - below;
+        bits += counts[n] * u64::from(self.top);
+        n += 1;
+        if self.escapes > 0 {
+            counts[n] = u64::from(self.escapes);
+            n += 1;
+        }
+        let counts = &mut counts[..n];
+        counts.sort_unstable_by_key(|&count| std::cmp::Reverse(count));
+        for (rank, &count) in counts.iter().enumerate() {
+            bits += count * (rank + 1).min(n - 1) as u64;
+        }
+        bits
+    }
+
+    /// The code with buckets of the `narrow` widths (sorted, distinct, below `top`) and `top`,
+    /// and the escape, most frequent first.
+    fn code(&self, narrow: &[u8]) -> Code {
+        let mut symbols = [(0u64, 0u8); MAX_SYMBOLS];
+        let mut below = 0;
+        let mut n = 0;
+        for &width in narrow.iter().chain([&self.top]) {
+            let up_to = self.cumulative[usize::from(width)];
+            symbols[n] = (up_to - below, width);
+            below = up_to;
+            n += 1;
+        }
+        if self.escapes > 0 {
+            symbols[n] = (u64::from(self.escapes), ESCAPE);
+            n += 1;
+        }
+        symbols[..n].sort_by_key(|&(count, _)| std::cmp::Reverse(count));
+        let mut code = Code {
+            n,
+            widths: [0; MAX_SYMBOLS],
+        };
+        for (slot, &(_, width)) in code.widths.iter_mut().zip(&symbols[..n]) {
+            *slot = width;
+        }
+        code
+    }
+}
+
+/// Gorilla's XOR coding of a value against the previous one (as Prometheus writes it): `0` for
+/// the same bits; `10` and the changed bits inside the previous window; `11`, 5 bits of leading
+/// zeros, 6 of length and the changed bits otherwise.
+#[derive(Debug, Clone, Copy, Default)]
+struct Xor {
+    prev: u64,
+    lead: u32,
+    trail: u32,
+    window: bool,
+}
+
+impl Xor {
+    fn put(&mut self, sink: &mut impl Sink, bits: u64) {
+        let xor = bits ^ self.prev;
+        self.prev = bits;
+        if xor == 0 {
+            sink.put(0, 1);
+            return;
+        }
+        let lead = xor.leading_zeros().min(31);
+        let trail = xor.trailing_zeros();
+        if self.window && lead >= self.lead && trail >= self.trail {
+            sink.put(0b10, 2);
+            sink.put(xor >> self.trail, 64 - self.lead - self.trail);
+        } else {
+            let len = 64 - lead - trail;
+            sink.put(0b11, 2);
+            sink.put(u64::from(lead), 5);
+            sink.put(u64::from(len & 63), 6);
+            sink.put(xor >> trail, len);
+            *self = Xor {
+                prev: bits,
+                lead,
+                trail,
+                window: true,
+            };
+        }
+    }
+
+    #[inline]
+    fn get(&mut self, reader: &mut BitReader<'_>) -> u64 {
+        let control = reader.peek() >> 62;
+        if control < 2 {
+            reader.pos += 1;
+            return self.prev;
+        }
+        reader.pos += 2;
+        if control == 3 {
+            self.lead = reader.read(5) as u32;
+            let len = match reader.read(6) as u32 {
+                0 => 64,
+                len => len,
+            };
+            self.trail = 64u32.saturating_sub(self.lead + len);
+        }
+        let len = 64u32.saturating_sub(self.lead + self.trail);
+        self.prev ^= reader.read(len).wrapping_shl(self.trail);
+        self.prev
+    }
+}
+
+/// The timestamps of a block: delta-of-deltas after the first delta, and their code.
+struct TimePlan {
+    first_delta: i64,
+    dods: Vec<u64>,
+    code: Code,
+    writer: CodeWriter,
+    bits: u64,
+}
+
+impl TimePlan {
+    fn new(points: &[(i64, f64)]) -> Self {
+        let mut dods = Vec::with_capacity(points.len().saturating_sub(1));
+        let mut hist = [0u32; 65];
+        let first_delta = match points {
+            [(a, _), (b, _), ..] => b.wrapping_sub(*a),
+            _ => 0,
+        };
+        let mut delta = first_delta;
+        for pair in points.windows(2) {
+            let next = pair[1].0.wrapping_sub(pair[0].0);
+            let zz = zigzag(next.wrapping_sub(delta));
+            delta = next;
+            hist[bit_len(zz)] += 1;
+            dods.push(zz);
+        }
+        let (code, bits) = Code::best(&hist, 0);
+        TimePlan {
+            first_delta,
+            dods,
+            code,
+            writer: code.writer(),
+            bits: bits + 64,
+        }
+    }
+
+    fn write_header(&self, out: &mut BitWriter) {
+        if !self.dods.is_empty() {
+            out.put_long(zigzag(self.first_delta));
+            self.code.write(out);
+        }
+    }
+}
+
+/// One value's symbols in a [`ValuePlan`].
+#[derive(Debug, Clone, Copy)]
+enum Sym {
+    /// The zig-zag change of the mantissa against a delta and a delta-of-delta prediction, and
+    /// the zig-zag ulp fix.
+    Decimal {
+        change: [u64; 2],
+        fix: u64,
+    },
+    Escape,
+}
+
+/// A value's shortest usable decimal, from [`decimal_digits`]: `m / 10^d`, `fix` ulps away.
+#[derive(Debug, Clone, Copy)]
+struct Digits {
+    m: i64,
+    fix: i16,
+    /// [`NO_DIGITS`] when the value has no usable decimal.
+    d: u8,
+}
+
+const NO_DIGITS: u8 = u8::MAX;
+
+impl Digits {
+    fn of(value: f64, hint: u8) -> Digits {
+        match decimal_digits(value, hint) {
+            Some((d, m, fix)) => Digits { m, fix, d },
+            None => Digits {
+                m: 0,
+                fix: 0,
+                d: NO_DIGITS,
+            },
+        }
+    }
+
+    /// The mantissa at exponent `exp >= d`, if it fits.
+    #[inline]
+    fn mantissa(&self, exp: usize) -> Option<i64> {
+        scale_up(self.m, exp.checked_sub(usize::from(self.d))?)
+    }
+}
+
+/// How a block's values are written: the exponent, the predictor, each value's symbols.
+struct ValuePlan {
+    exp: usize,
+    dod: bool,
+    raw: bool,
+    start: i64,
+    start_delta: i64,
+    syms: Vec<Sym>,
+    mantissa_code: Code,
+    mantissa_writer: CodeWriter,
+    fix_code: Code,
+    fix_writer: CodeWriter,
+    /// The size of the values' bits, header included.
+    bits: u64,
+}
+
+impl ValuePlan {
+    /// The smallest plan among all-escape (Gorilla or raw bits) and the exponents the values
+    /// suggest. Rough sizes pick the exponents worth building exactly.
+    fn best(points: &[(i64, f64)]) -> ValuePlan {
+        let mut hint = 0;
+        let digits: Vec<Digits> = points
+            .iter()
+            .map(|&(_, v)| {
+                let digits = Digits::of(v, hint);
+                if digits.d != NO_DIGITS {
+                    hint = digits.d;
+                }
+                digits
+            })
+            .collect();
+        // Exponents that cover at least half as many values as the largest one.
+        let mut covered = [0usize; MAX_EXP + 1];
+        for digit in &digits {
+            if let Some(slot) = covered.get_mut(usize::from(digit.d)) {
+                *slot += 1;
+            }
+        }
+        let present = covered.map(|count| count > 0);
+        for exp in 1..=MAX_EXP {
+            covered[exp] += covered[exp - 1];
+        }
+        let most = covered[MAX_EXP];
+        let mut exps: Vec<usize> = (0..=MAX_EXP)
+            .filter(|&e| present[e] && covered[e] * 2 >= most)
+            .collect();
+        // All escapes cost the smaller of Gorilla's bits and raw ones.
+        let mut xor_bits = 0;
+        let mut prev = 0u64;
+        for &(_, value) in points {
+            let xor = value.to_bits() ^ prev;
+            prev = value.to_bits();
+            xor_bits += if xor == 0 {
+                1
+            } else {
+                u64::from(70 - xor.leading_zeros() - xor.trailing_zeros())
+            };
+        }
+        let xor_bits = xor_bits.min(64 * points.len() as u64);
+        if exps.len() > 2 {
+            let escape = xor_bits / points.len() as u64;
+            exps.sort_by_cached_key(|&exp| guess(&digits, exp, escape));
+            exps.truncate(2);
+        }
+        let mut best: Option<ValuePlan> = None;
+        for exp in exps {
+            let plan = ValuePlan::new(points, &digits, exp);
+            if best.as_ref().is_none_or(|b| plan.bits < b.bits) {
+                best = Some(plan);
+            }
+        }
+        match best {
+            // Rough sizes are within about 10% of exact ones.
+            Some(plan) if xor_bits > plan.bits + plan.bits / 8 => plan,
+            Some(plan) => {
+                let escapes = ValuePlan::new(points, &[], 0);
+                if escapes.bits < plan.bits {
+                    escapes
+                } else {
+                    plan
+                }
+            }
+            None => ValuePlan::new(points, &[], 0),
+        }
+    }
+
+    /// The plan at exponent `exp` with the better predictor; `digits` empty means all escapes.
+    fn new(points: &[(i64, f64)], digits: &[Digits], exp: usize) -> Self {
+        let scale = POW10[exp];
+        // The mantissa and zig-zag fix of value `i` at `exp`, if it is a decimal there.
+        let decimal = |i: usize, value: f64| -> Option<(i64, u64)> {
+            let digit = digits.get(i)?;
+            let mantissa = digit.mantissa(exp)?;
+            // Exact operands give the same correctly rounded quotient at any exponent.
+            if mantissa.unsigned_abs() <= 1 << 53 {
+                return Some((mantissa, zigzag(i64::from(digit.fix))));
+            }
+            let fix = value.to_bits().wrapping_sub(decimal_value(mantissa, scale)) as i64;
+            (fix.unsigned_abs() <= MAX_FIX).then_some((mantissa, zigzag(fix)))
+        };
+        let mut decimals = points
+            .iter()
+            .enumerate()
+            .filter_map(|(i, &(_, v))| decimal(i, v));
+        let first = decimals.next().map_or(0, |(m, _)| m);
+        let first_delta = decimals.next().map_or(0, |(m, _)| m.wrapping_sub(first));
+        // Whatever the predictor, after each decimal the state is its mantissa and the change
+        // from the one before, and the first one is predicted exactly.
+        let (mut mantissa, mut delta) = (first, first_delta);
+        let mut seen = 0;
+        let mut change_hist = [[0u32; 65]; 2];
+        let mut fix_hist = [0u32; 65];
+        let mut escapes = 0;
+        let mut xor = Xor::default();
+        let mut xor_bits = BitCount::default();
+        let mut syms = Vec::with_capacity(points.len());
+        for (i, &(_, value)) in points.iter().enumerate() {
+            match decimal(i, value) {
+                Some((target, fix)) => {
+                    let step = target.wrapping_sub(mantissa);
+                    let change = match seen {
+                        0 => [0, 0],
+                        1 => [zigzag(step), 0],
+                        _ => [zigzag(step), zigzag(step.wrapping_sub(delta))],
+                    };
+                    seen += 1;
+                    if seen > 1 {
+                        delta = step;
+                    }
+                    mantissa = target;
+                    change_hist[0][bit_len(change[0])] += 1;
+                    change_hist[1][bit_len(change[1])] += 1;
+                    fix_hist[bit_len(fix)] += 1;
+                    xor.prev = value.to_bits();
+                    syms.push(Sym::Decimal { change, fix });
+                }
+                None => {
+                    escapes += 1;
+                    xor.put(&mut xor_bits, value.to_bits());
+                    syms.push(Sym::Escape);
+                }
+            }
+        }
+        let by_delta = Code::best(&change_hist[0], escapes);
+        let by_dod = Code::best(&change_hist[1], escapes);
+        let dod = by_dod.1 < by_delta.1;
+        let (mantissa_code, mantissa_bits) = if dod { by_dod } else { by_delta };
+        let (fix_code, fix_bits) = Code::best(&fix_hist, 0);
+        let raw_bits = 64 * u64::from(escapes);
+        let raw = raw_bits < xor_bits.0;
+        let mut plan = ValuePlan {
+            exp,
+            dod,
+            raw,
+            start: if dod {
+                first.wrapping_sub(first_delta)
+            } else {
+                first
+            },
+            start_delta: if dod { first_delta } else { 0 },
+            syms,
+            mantissa_code,
+            mantissa_writer: mantissa_code.writer(),
+            fix_code,
+            fix_writer: fix_code.writer(),
+            bits: 0,
+        };
+        let mut header = BitCount::default();
+        plan.write_header(&mut header);
+        plan.bits = header.0 + mantissa_bits + fix_bits + raw_bits.min(xor_bits.0);
+        plan
+    }
+
+    fn write_header(&self, out: &mut impl Sink) {
+        out.put(u64::from(self.raw), 1);
+        out.put(self.exp as u64, 5);
+        out.put(u64::from(self.dod), 1);
+        out.put_long(zigzag(self.start));
+        out.put_long(zigzag(self.start_delta));
+        self.mantissa_code.write(out);
+        self.fix_code.write(out);
+    }
+
+    #[inline]
+    fn write_value(&self, out: &mut impl Sink, i: usize, value: f64, xor: &mut Xor) {
+        match self.syms[i] {
+            Sym::Decimal { change, fix } => {
+                self.mantissa_writer.put(out, change[usize::from(self.dod)]);
+                self.fix_writer.put(out, fix);
+                xor.prev = value.to_bits();
+            }
+            Sym::Escape => {
+                self.mantissa_writer.put_escape(out);
+                if self.raw {
+                    out.put(value.to_bits(), 64);
+                    xor.prev = value.to_bits();
+                } else {
+                    xor.put(out, value.to_bits());
+                }
+            }
+        }
+    }
+}
+
+/// Rough bits for the values at exponent `exp` with the better predictor, with `escape` bits
+/// for each escape.
+fn guess(digits: &[Digits], exp: usize, escape: u64) -> u64 {
+    let (mut delta_bits, mut dod_bits) = (0u64, 0u64);
+    let (mut prev, mut prev_delta) = (None, None);
+    let mut escaped = 0;
+    for digit in digits {
+        match digit.mantissa(exp) {
+            Some(m) => {
+                let delta = prev.map_or(0, |p: i64| m.wrapping_sub(p));
+                let dod = prev_delta.map_or(0, |p: i64| delta.wrapping_sub(p));
+                delta_bits += bit_len(zigzag(delta)) as u64;
+                dod_bits += bit_len(zigzag(dod)) as u64;
+                if prev.is_some() {
+                    prev_delta = Some(delta);
+                }
+                prev = Some(m);
+            }
+            None => escaped += 1,
+        }
+    }
+    delta_bits.min(dod_bits) + escaped * escape
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// xorshift64*: a tiny seeded generator, so failures reproduce.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+
+        fn finite(&mut self) -> f64 {
+            loop {
+                let v = f64::from_bits(self.next());
+                if v.is_finite() {
+                    return v;
+                }
+            }
+        }
+    }
+
+    /// Encodes, decodes both ways and compares bit for bit; returns the block.
+    fn round_trip(points: &[(i64, f64)]) -> Block {
+        let block = Block::encode(points);
+        assert_eq!(block.len(), points.len());
+        assert_eq!(block.len() == 0, points.is_empty());
+        if let (Some(first), Some(last)) = (points.first(), points.last()) {
+            assert_eq!((block.first(), block.last()), (first.0, last.0));
+        }
+        let bits = |p: &[(i64, f64)]| -> Vec<(i64, u64)> {
+            p.iter().map(|&(t, v)| (t, v.to_bits())).collect()
+        };
+        let iter = block.iter();
+        assert_eq!(iter.len(), points.len());
+        let decoded: Vec<(i64, f64)> = iter.collect();
+        assert_eq!(bits(&decoded), bits(points), "{points:?}");
+        let mut into = vec![(7, 7.0)];
+        block.decode_into(&mut into);
+        assert_eq!(bits(&into[1..]), bits(points));
+        block
+    }
+
+    const SPECIAL: [f64; 14] = [
+        0.0,
+        -0.0,
+        f64::MIN_POSITIVE,
+        -f64::MIN_POSITIVE,
+        5e-324,
+        -5e-324,
+        2.225_073_858_507_201e-308,
+        f64::MAX,
+        f64::MIN,
+        f64::EPSILON,
+        9_007_199_254_740_993.0,
+        1.8446744073709552e19,
+        9.2e18,
+        i64::MIN as f64,
+    ];
+
+    /// One value of a randomly chosen class: the special values, random bits, short and long
+    /// decimals, float noise, integers up to 2^53 and beyond.
+    fn value(rng: &mut Rng, class: u64, prev: f64) -> f64 {
+        match class {
+            0 => SPECIAL[rng.below(SPECIAL.len() as u64) as usize],
+            1 => rng.finite(),
+            2 => (rng.below(2_000_001) as f64 - 1e6) / 1000.0,
+            3 => rng.below(10_000_000_000) as f64 / 1e8 + 20.0,
+            4 => 0.1 * (rng.below(1000) as f64) + 0.2 * (rng.below(1000) as f64),
+            5 => rng.below(1 << 53) as f64,
+            6 => (rng.next() >> rng.below(64)) as f64 * if rng.below(2) == 0 { 1.0 } else { -1.0 },
+            7 => prev,
+            8 => prev + 1.0,
+            9 => f64::from_bits(prev.to_bits() ^ 1),
+            10 => (rng.below(1000) as f64) * 10f64.powi(rng.below(40) as i32 - 20),
+            _ => rng.below(100) as f64 / 7.0,
+        }
+    }
+
+    fn stamps(rng: &mut Rng, pattern: u64, n: usize) -> Vec<i64> {
+        let mut t = match pattern {
+            0 => i64::MIN,
+            1 => i64::MAX - n as i64 * 10,
+            _ => rng.next() as i64 / 2,
+        };
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            out.push(t);
+            let step = match pattern {
+                0 | 1 => 1 + rng.below(10) as i64,
+                2 => 60,
+                3 => 10 + rng.below(3) as i64 - 1,
+                4 => 1_000_000_000 + rng.below(1_000_000) as i64,
+                5 => 1 + (rng.next() >> (rng.below(62) + 2)) as i64,
+                6 => 1 << 32,
+                _ => 1 + rng.below(3) as i64,
+            };
+            t = t.saturating_add(step);
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    #[test]
+    fn random_series_round_trip_bit_for_bit() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for round in 0..3000 {
+            let n = match round % 5 {
+                0 => 1 + rng.below(3) as usize,
+                1 => 4096,
+                _ => 1 + rng.below(1500) as usize,
+            };
+            let pattern = rng.below(8);
+            let times = stamps(&mut rng, pattern, n);
+            // A block mixes one to three classes, as series change character.
+            let classes = [rng.below(12), rng.below(12), rng.below(12)];
+            let mixed = rng.below(3) as usize + 1;
+            let mut prev = 1.5;
+            let points: Vec<(i64, f64)> = times
+                .iter()
+                .map(|&t| {
+                    let class = classes[rng.below(mixed as u64) as usize];
+                    prev = value(&mut rng, class, prev);
+                    (t, prev)
+                })
+                .collect();
+            round_trip(&points);
+        }
+    }
+
+    #[test]
+    fn every_special_value_round_trips_alone_and_together() {
+        for &v in &SPECIAL {
+            round_trip(&[(0, v)]);
+            round_trip(&[(0, v), (1, v), (2, v)]);
+            round_trip(&[(0, 1.5), (1, v), (2, 0.25)]);
+        }
+        let all: Vec<(i64, f64)> = SPECIAL
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| (i as i64, v))
+            .collect();
+        round_trip(&all);
+        let mut rng = Rng(7);
+        let bits: Vec<(i64, f64)> = (0..4096).map(|i| (i, rng.finite())).collect();
+        round_trip(&bits);
+    }
+
+    #[test]
+    fn any_bits_round_trip_even_not_finite_ones() {
+        let odd = [
+            f64::NAN,
+            -f64::NAN,
+            f64::from_bits(0x7ff0_0000_0000_0001),
+            f64::from_bits(0xfff8_dead_beef_0001),
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+        ];
+        for &v in &odd {
+            round_trip(&[(0, 1.5), (10, v), (20, 2.5), (30, v), (40, 0.1 + 0.2)]);
+        }
+        let mut rng = Rng(19);
+        for n in [1, 2, 100, 1024] {
+            let points: Vec<(i64, f64)> = (0..n).map(|i| (i, f64::from_bits(rng.next()))).collect();
+            round_trip(&points);
+        }
+    }
+
+    #[test]
+    fn extreme_timestamps_round_trip() {
+        let cases: [&[i64]; 7] = [
+            &[i64::MIN, i64::MAX],
+            &[i64::MIN, -1, 0, i64::MAX],
+            &[i64::MIN, i64::MIN + 1, i64::MAX - 1, i64::MAX],
+            &[i64::MAX],
+            &[i64::MIN],
+            &[-5, i64::MAX, i64::MIN, 0, 0, 3],
+            &[0, 1 << 32, 2 << 32, 1 << 62, i64::MAX],
+        ];
+        for times in cases {
+            let points: Vec<(i64, f64)> = times.iter().map(|&t| (t, 1.0)).collect();
+            round_trip(&points);
+        }
+        // Nanosecond stamps with jitter.
+        let mut rng = Rng(3);
+        let nanos: Vec<(i64, f64)> = (0..1000)
+            .map(|i| {
+                (
+                    1_700_000_000_000_000_000 + i * 10_000_000_000 + rng.below(999) as i64,
+                    0.5,
+                )
+            })
+            .collect();
+        round_trip(&nanos);
+    }
+
+    #[test]
+    fn empty_block_has_no_points() {
+        let block = round_trip(&[]);
+        assert_eq!((block.first(), block.last(), block.heap_bytes()), (0, 0, 0));
+        assert_eq!(block.iter().next(), None);
+    }
+
+    #[test]
+    fn block_struct_is_32_bytes() {
+        assert_eq!(std::mem::size_of::<Block>(), 32);
+    }
+
+    #[test]
+    fn bit_stream_round_trips_every_width() {
+        let mut rng = Rng(11);
+        let items: Vec<(u64, u32)> = (0..5000)
+            .map(|_| {
+                let bits = rng.below(65) as u32;
+                let mask = if bits == 0 {
+                    0
+                } else {
+                    u64::MAX >> (64 - bits)
+                };
+                (rng.next() & mask, bits)
+            })
+            .collect();
+        let mut out = BitWriter::with_capacity(0, 300);
+        for &(v, bits) in &items {
+            out.put(v, bits);
+        }
+        let bytes = out.finish();
+        let (count, start) = read_count(&bytes);
+        assert_eq!(count, 300);
+        let mut reader = BitReader {
+            bytes: &bytes,
+            pos: start * 8,
+        };
+        for &(v, bits) in &items {
+            assert_eq!(reader.read(bits), v);
+        }
+    }
+
+    fn bytes_per_point(points: &[(i64, f64)]) -> f64 {
+        let block = round_trip(points);
+        (block.heap_bytes() + std::mem::size_of::<Block>()) as f64 / points.len() as f64
+    }
+
+    #[test]
+    fn regular_counter_costs_under_one_byte_per_point() {
+        let mut rng = Rng(5);
+        let mut total = 1_234_567.0;
+        let points: Vec<(i64, f64)> = (0..1000)
+            .map(|i| {
+                total += rng.below(40) as f64;
+                (1_700_000_000 + 60 * i, total)
+            })
+            .collect();
+        let size = bytes_per_point(&points);
+        assert!(size < 1.0, "{size}");
+    }
+
+    #[test]
+    fn constant_series_costs_under_a_third_of_a_byte_per_point() {
+        let points: Vec<(i64, f64)> = (0..1000)
+            .map(|i| (1_700_000_000 + 10 * i, 51.846))
+            .collect();
+        let size = bytes_per_point(&points);
+        assert!(size < 0.3, "{size}");
+        // A value that changes once, on stamps of which one in twenty is a second late.
+        let mut rng = Rng(9);
+        let points: Vec<(i64, f64)> = (0..1000)
+            .map(|i| {
+                let jitter = if rng.below(20) == 0 { 1 } else { 0 };
+                (
+                    1_700_000_000 + 10 * i + jitter,
+                    if i < 500 { 1.0 } else { 0.0 },
+                )
+            })
+            .collect();
+        // Each jittered stamp costs a few bits: still well under 2 bits a point in all.
+        let size = bytes_per_point(&points);
+        assert!(size < 0.4, "{size}");
+    }
+
+    #[test]
+    fn three_decimal_gauge_costs_far_less_than_raw() {
+        let mut rng = Rng(13);
+        let mut x = 40_000i64;
+        let points: Vec<(i64, f64)> = (0..1000)
+            .map(|i| {
+                x = (x + rng.below(4001) as i64 - 2000).clamp(0, 100_000);
+                (1_700_000_000 + 300 * i, x as f64 / 1000.0)
+            })
+            .collect();
+        let size = bytes_per_point(&points);
+        assert!(size < 2.5, "{size}");
+        // The same values with float noise on a third of them cost only a little more.
+        let noisy: Vec<(i64, f64)> = points
+            .iter()
+            .enumerate()
+            .map(|(i, &(t, v))| (t, if i % 3 == 0 { v + 0.1 - 0.1 } else { v }))
+            .collect();
+        let size = bytes_per_point(&noisy);
+        assert!(size < 3.0, "{size}");
+    }
+
+    #[test]
+    fn random_doubles_cost_at_most_raw_bits() {
+        let mut rng = Rng(17);
+        let points: Vec<(i64, f64)> = (0..1024).map(|i| (60 * i, rng.finite())).collect();
+        let size = bytes_per_point(&points);
+        assert!(size < 8.2, "{size}");
+    }
+
+    /// Runs `scripts/gen_data.py` and groups its lines per series.
+    fn generated(kind: &str, points: usize) -> Vec<(String, Vec<(i64, f64)>)> {
+        let output = std::process::Command::new("python3")
+            .args(["scripts/gen_data.py", "--kind", kind, "--series", "1000"])
+            .args(["--points", &points.to_string()])
+            .output()
+            .expect("python3 runs scripts/gen_data.py");
+        assert!(output.status.success());
+        let text = String::from_utf8(output.stdout).expect("utf-8");
+        let mut series: std::collections::HashMap<&str, Vec<(i64, f64)>> = Default::default();
+        for line in text.lines() {
+            let mut parts = line.split(' ');
+            let (Some(name), Some(value), Some(time)) = (parts.next(), parts.next(), parts.next())
+            else {
+                panic!("bad line {line:?}");
+            };
+            series
+                .entry(name)
+                .or_default()
+                .push((time.parse().expect("time"), value.parse().expect("value")));
+        }
+        let mut out: Vec<(String, Vec<(i64, f64)>)> = series
+            .into_iter()
+            .map(|(name, points)| (name.to_string(), points))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Prints bytes per point (block bytes and the `Block` struct) on the generated data sets,
+    /// in blocks of 1024 points, and the encode and decode rates. Points: `GEN_POINTS`
+    /// (default 1000000). Run with
+    /// `cargo test --release --lib codec::tests::report_bytes_per_point -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn report_bytes_per_point() {
+        let points: usize = std::env::var("GEN_POINTS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(1_000_000);
+        for kind in ["realistic", "counters", "random"] {
+            let named = generated(kind, points);
+            let series: Vec<&[(i64, f64)]> = named.iter().map(|(_, p)| &p[..]).collect();
+            let started = std::time::Instant::now();
+            let blocks: Vec<Block> = series
+                .iter()
+                .flat_map(|s| s.chunks(1024).map(Block::encode))
+                .collect();
+            let encode = started.elapsed();
+            let n: usize = blocks.iter().map(Block::len).sum();
+            let bytes: usize = blocks
+                .iter()
+                .map(|b| b.heap_bytes() + std::mem::size_of::<Block>())
+                .sum();
+            let started = std::time::Instant::now();
+            let mut checksum = 0u64;
+            for _ in 0..5 {
+                for block in &blocks {
+                    for (t, v) in block.iter() {
+                        checksum = checksum.wrapping_add(t as u64 ^ v.to_bits());
+                    }
+                }
+            }
+            let decode = started.elapsed();
+            let expected: u64 = series
+                .iter()
+                .flat_map(|s| s.iter())
+                .fold(0u64, |acc, &(t, v)| {
+                    acc.wrapping_add(t as u64 ^ v.to_bits())
+                });
+            assert_eq!(checksum, expected.wrapping_mul(5));
+            println!(
+                "{kind:>10}: {n} points, {:.3} bytes/point, encode {:.1} M points/s, decode {:.1} M points/s",
+                bytes as f64 / n as f64,
+                n as f64 / encode.as_secs_f64() / 1e6,
+                5.0 * n as f64 / decode.as_secs_f64() / 1e6,
+            );
+            // Per shape of series: the name without its index.
+            let mut shapes: std::collections::BTreeMap<&str, (usize, usize)> = Default::default();
+            for (name, points) in &named {
+                let shape = name.rsplit_once('.').map_or(&name[..], |(shape, _)| shape);
+                let entry = shapes.entry(shape).or_default();
+                for chunk in points.chunks(1024) {
+                    entry.0 += chunk.len();
+                    entry.1 += Block::encode(chunk).heap_bytes() + std::mem::size_of::<Block>();
+                }
+            }
+            for (shape, (n, bytes)) in shapes {
+                println!(
+                    "{:>24}: {n:>8} points, {:.3} bytes/point",
+                    shape,
+                    bytes as f64 / n as f64
+                );
+            }
+        }
+    }
+}
