@@ -28,7 +28,7 @@
 //! one division, `M as f64 / 10^E`, which is correctly rounded and so exact; the encoder checks
 //! every value through that same function, so values always come back bit for bit.
 
-// The store is being wired to this module; until it is, only the tests call it.
+use std::sync::Arc;
 
 /// Largest decimal exponent: 10^22 is the largest power of ten an `f64` holds exactly.
 const MAX_EXP: usize = 22;
@@ -46,11 +46,12 @@ const LUT_BITS: u32 = MAX_SYMBOLS as u32 - 1;
 /// The width that marks a [`Code`]'s escape symbol.
 const ESCAPE: u8 = 127;
 
-/// A sealed block: points in timestamp order, compressed. Holds 32 bytes inline plus
-/// [`heap_bytes`](Block::heap_bytes) on the heap; cloning copies the bytes.
+/// A sealed block: points in timestamp order, compressed. Holds 32 bytes inline plus one shared
+/// allocation ([`heap_bytes`](Block::heap_bytes)); cloning shares it, so a snapshot of many
+/// blocks copies no points.
 #[derive(Debug, Clone)]
 pub struct Block {
-    bytes: Box<[u8]>,
+    bytes: Arc<[u8]>,
     first: i64,
     last: i64,
 }
@@ -66,7 +67,7 @@ impl Block {
         let count = u32::try_from(points.len()).expect("a block holds at most u32::MAX points");
         let (Some(&(first, _)), Some(&(last, _))) = (points.first(), points.last()) else {
             return Block {
-                bytes: Box::default(),
+                bytes: Arc::default(),
                 first: 0,
                 last: 0,
             };
@@ -85,7 +86,7 @@ impl Block {
             values.write_value(&mut out, i, value, &mut xor);
         }
         Block {
-            bytes: out.finish().into_boxed_slice(),
+            bytes: Arc::from(out.finish()),
             first,
             last,
         }
@@ -106,10 +107,11 @@ impl Block {
         self.last
     }
 
-    /// The bytes of heap the block holds (its encoding), for memory accounting. The allocator's
-    /// own overhead and the 32 bytes of the `Block` itself are not included.
+    /// The bytes of heap the block holds (its encoding and the shared allocation's two
+    /// counters), for memory accounting. The allocator's own overhead and the 32 bytes of the
+    /// `Block` itself are not included.
     pub fn heap_bytes(&self) -> usize {
-        self.bytes.len()
+        self.bytes.len() + 2 * size_of::<usize>()
     }
 
     /// The points, decoded on the fly without allocating.

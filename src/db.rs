@@ -31,6 +31,10 @@ pub(crate) const MEMORY_LIMIT_REACHED: &str = "memory limit reached";
 pub(crate) const STEP_POINTS: usize = 8192;
 /// Series one retention step visits.
 const SWEEP_SERIES: usize = 1000;
+/// One settle step visits at most this many series and re-encodes about this many points
+/// (about a millisecond's work under the lock).
+const SETTLE_SERIES: usize = 1000;
+const SETTLE_POINTS: usize = 16 * 1024;
 
 /// A reply decided under the lock and written after it is released.
 #[derive(Debug)]
@@ -407,16 +411,11 @@ impl Db {
         self.counters.connections.load(Ordering::Acquire)
     }
 
-    /// Whether anything needs doing in the background: a data file to sync, watch, retry and
-    /// compact, a retention window to apply, or self-metrics to record.
-    pub fn needs_maintenance(&self) -> bool {
-        self.journal.is_some() || self.retention.is_some() || self.self_metrics.is_some()
-    }
-
     /// One step of the background work; call it every [`Maintenance::TICK`].
     pub fn maintain(&self, state: &mut Maintenance) {
         let now = Instant::now();
         let second = Duration::from_secs(1);
+        self.settle(state);
         if let Some(journal) = self.journal() {
             let check = now.duration_since(state.checked) >= second;
             if journal.failure().is_some() && check {
@@ -480,6 +479,25 @@ impl Db {
                 };
                 state.compact_after = now + retry;
                 error!("compaction failed, next try in {retry:?}: {e}");
+            }
+        }
+    }
+
+    /// Merges quiet series into large blocks ([`Store::settle_after`]), in steps that each hold
+    /// the lock for about a millisecond, for at most a third of a tick.
+    fn settle(&self, state: &mut Maintenance) {
+        let started = Instant::now();
+        self.lock().tick();
+        loop {
+            let cursor = state.settling.take();
+            let (_, next) = self.lock().settle_after(
+                cursor.as_deref(),
+                (Maintenance::QUIET_TICKS, Maintenance::IDLE_TICKS),
+                (SETTLE_SERIES, SETTLE_POINTS),
+            );
+            state.settling = next;
+            if state.settling.is_none() || started.elapsed() >= Maintenance::TICK / 3 {
+                return;
             }
         }
     }
@@ -602,6 +620,8 @@ pub(crate) struct Maintenance {
     recorded: Instant,
     /// A retention sweep under way: `Some(cursor)`, the cursor `None` at its start.
     sweeping: Option<Option<Arc<str>>>,
+    /// Where the pass over quiet series has got to.
+    settling: Option<Arc<str>>,
     swept_points: usize,
     /// After a failed compaction (a full disk, say), no new attempt before this.
     compact_after: Instant,
@@ -610,6 +630,10 @@ pub(crate) struct Maintenance {
 impl Maintenance {
     /// How often the maintenance thread wakes.
     pub const TICK: Duration = Duration::from_millis(100);
+    /// A series not written for this many ticks (2 s) is quiet: its blocks are merged.
+    const QUIET_TICKS: u32 = 20;
+    /// ...and after this many (a minute), even a small head is merged, freeing it.
+    const IDLE_TICKS: u32 = 600;
     /// How long a failed compaction waits before the next try.
     const COMPACT_RETRY: Duration = Duration::from_secs(60);
     /// How long a failed rewrite of a lost data file waits before the next try.
@@ -623,6 +647,7 @@ impl Maintenance {
             swept: now,
             recorded: now,
             sweeping: None,
+            settling: None,
             swept_points: 0,
             compact_after: now,
         }

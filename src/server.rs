@@ -190,7 +190,7 @@ impl Server {
     /// [`ServerError::Spawn`] when the background thread that syncs the data file, applies
     /// retention and compacts cannot start.
     pub fn run(self) -> Result<(), ServerError> {
-        if self.db.needs_maintenance() {
+        {
             let db = Arc::clone(&self.db);
             thread::Builder::new()
                 .name("maintenance".into())

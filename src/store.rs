@@ -25,23 +25,30 @@ use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::ops::{Bound, RangeInclusive};
 use std::sync::Arc;
 
-/// Points sealed into one block when the head fills.
+/// Points sealed into one block when the head fills: small, so that a busy series' head (kept
+/// uncompressed for cheap appends) stays small too.
 pub const BLOCK_POINTS: usize = 256;
+/// Points per block once a series has gone quiet and [`Store::settle_after`] has merged its small
+/// blocks: a block's fixed costs spread over more points.
+pub const SETTLED_POINTS: usize = 1024;
 /// Newest points kept in the head after sealing, for points that arrive a little late.
 const HEAD_SLACK: usize = 32;
 /// The head is sealed when it grows past this.
 const HEAD_MOST: usize = BLOCK_POINTS + HEAD_SLACK;
 /// A block that grows past this by late inserts is split in two.
-const BLOCK_MOST: usize = 4 * BLOCK_POINTS;
+const BLOCK_MOST: usize = 2 * SETTLED_POINTS;
+/// A quiet series' head is merged into its blocks once it holds this many points...
+const SETTLE_HEAD: usize = 32;
 /// Index shards: growing one rehashes at most 1/64 of the names.
 const SHARDS: usize = 64;
 /// What one series costs besides its points: the slab slot, the name's allocation header,
 /// the B-tree and index entries (estimated from their layouts).
 const SERIES_BYTES: usize = size_of::<Option<Series>>() + 16 + 32 + 24;
-/// What one block costs besides its encoded bytes: the `Arc`'s counters and allocation.
-const BLOCK_BYTES: usize = 16 + size_of::<Block>() + size_of::<Sealed>();
+/// What one block costs besides [`Block::heap_bytes`]: its place in the series' list.
+const BLOCK_BYTES: usize = size_of::<Sealed>();
 
-type Sealed = Arc<Block>;
+/// A block, shared with snapshots (cloning it only counts a reference).
+type Sealed = Block;
 
 /// All metrics. See the module docs.
 #[derive(Debug, Default)]
@@ -60,6 +67,8 @@ pub struct Store {
     points: usize,
     memory: usize,
     memory_limit: Option<usize>,
+    /// The clock of [`tick`](Store::tick): when each series was last written, cheaply.
+    epoch: u32,
 }
 
 /// What a put did to the store.
@@ -167,6 +176,7 @@ impl Store {
             return Err(MemoryFull);
         }
         let before = series.bytes();
+        series.touched = self.epoch;
         let outcome = series.insert(timestamp, value);
         self.memory = self.memory + series.bytes() - before;
         if outcome == Put::Added {
@@ -310,6 +320,55 @@ impl Store {
         (removed, next)
     }
 
+    /// Advances the clock that tells quiet series from busy ones; the server calls it every
+    /// 100 ms.
+    pub fn tick(&mut self) {
+        self.epoch = self.epoch.wrapping_add(1);
+    }
+
+    /// Compacts quiet series, in name order after `after`: a series not written for `quiet`
+    /// ticks has its trailing small blocks merged into blocks of [`SETTLED_POINTS`], and its
+    /// head too once it holds [`SETTLE_HEAD`] points (or any, after `idle` ticks), which frees
+    /// the head's allocation. Busy series are left alone, so ingestion never pays for this.
+    /// Stops after about `budget` points re-encoded or series visited. Returns the points
+    /// re-encoded and where to go on from (`None`: the pass is done).
+    pub fn settle_after(
+        &mut self,
+        after: Option<&str>,
+        (quiet, idle): (u32, u32),
+        (series_budget, point_budget): (usize, usize),
+    ) -> (usize, Option<Arc<str>>) {
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let visit: Vec<(Arc<str>, u32)> = self
+            .names
+            .range::<str, _>((start, Bound::Unbounded))
+            .take(series_budget.max(1))
+            .map(|(name, &slot)| (Arc::clone(name), slot))
+            .collect();
+        let mut work = 0;
+        for (name, slot) in &visit {
+            let Some(series) = self.slots[*slot as usize].as_mut() else {
+                continue;
+            };
+            let since = self.epoch.wrapping_sub(series.touched);
+            if since < quiet {
+                continue;
+            }
+            let before = series.bytes();
+            work += series.settle(since >= idle);
+            self.memory = self.memory + series.bytes() - before;
+            if work >= point_budget {
+                return (work, Some(Arc::clone(name)));
+            }
+        }
+        let next = if visit.len() < series_budget.max(1) {
+            None
+        } else {
+            visit.last().map(|(name, _)| Arc::clone(name))
+        };
+        (work, next)
+    }
+
     /// Removes every point before `cutoff` at once; for tests and start-up.
     #[cfg(test)]
     pub fn expire_before(&mut self, cutoff: i64) -> usize {
@@ -336,6 +395,8 @@ struct Series {
     len: usize,
     /// Bytes of the blocks, with their per-block overhead.
     block_bytes: usize,
+    /// The store's clock when it was last written.
+    touched: u32,
 }
 
 impl Series {
@@ -346,6 +407,7 @@ impl Series {
             head: Vec::new(),
             len: 0,
             block_bytes: 0,
+            touched: 0,
         }
     }
 
@@ -430,7 +492,7 @@ impl Series {
         let block = Block::encode(&self.head[..BLOCK_POINTS]);
         self.block_bytes += block.heap_bytes() + BLOCK_BYTES;
         self.head.drain(..BLOCK_POINTS);
-        self.blocks.push(Arc::new(block));
+        self.blocks.push(block);
     }
 
     fn insert_sealed(&mut self, timestamp: i64, value: f64) -> Put {
@@ -467,8 +529,45 @@ impl Series {
         for block in &blocks {
             self.block_bytes += block.heap_bytes() + BLOCK_BYTES;
         }
-        self.blocks
-            .splice(at..=at, blocks.into_iter().map(Arc::new));
+        self.blocks.splice(at..=at, blocks);
+    }
+
+    /// Merges the trailing blocks smaller than [`SETTLED_POINTS`], and the head when it is
+    /// worth it (or `idle`), into as few blocks as fit. Returns the points re-encoded.
+    fn settle(&mut self, idle: bool) -> usize {
+        let small = self.blocks.len()
+            - self
+                .blocks
+                .iter()
+                .rev()
+                .take_while(|b| b.len() < SETTLED_POINTS)
+                .count();
+        let with_head = !self.head.is_empty() && (idle || self.head.len() >= SETTLE_HEAD);
+        if self.blocks.len() - small < 2 && !with_head {
+            // Nothing worth re-encoding; an emptied head still gives its allocation back.
+            if self.head.is_empty() && self.head.capacity() > 0 {
+                self.head = Vec::new();
+            }
+            return 0;
+        }
+        let mut points = Vec::with_capacity(
+            self.blocks[small..].iter().map(|b| b.len()).sum::<usize>() + self.head.len(),
+        );
+        for block in self.blocks.drain(small..) {
+            self.block_bytes -= block.heap_bytes() + BLOCK_BYTES;
+            block.decode_into(&mut points);
+        }
+        if with_head {
+            points.append(&mut self.head);
+            self.head = Vec::new();
+        }
+        for chunk in points.chunks(SETTLED_POINTS) {
+            let block = Block::encode(chunk);
+            self.block_bytes += block.heap_bytes() + BLOCK_BYTES;
+            self.blocks.push(block);
+        }
+        self.blocks.shrink_to_fit();
+        points.len()
     }
 
     fn expire_before(&mut self, cutoff: i64) -> usize {
@@ -591,6 +690,10 @@ mod tests {
                 }
             }
         }
+    }
+
+    fn series_of(store: &Store, metric: &str) -> Vec<(i64, f64)> {
+        series(store, metric)
     }
 
     fn series(store: &Store, metric: &str) -> Vec<(i64, f64)> {
@@ -776,6 +879,72 @@ mod tests {
         assert_eq!(store.memory, recount);
         store.expire_before(i64::MAX);
         assert_eq!((store.points(), store.metrics(), store.memory), (0, 0, 0));
+    }
+
+    #[test]
+    fn quiet_series_settle_into_large_blocks_and_keep_every_point() {
+        let mut store = Store::new();
+        let mut model = BTreeMap::new();
+        for t in 0..5000 {
+            for m in 0..3 {
+                put(&mut store, &format!("m{m}"), t as f64 * 0.5, t);
+                model.insert((m, t), t as f64 * 0.5);
+            }
+        }
+        let before = store.memory_bytes();
+        // Not yet quiet: nothing changes.
+        assert_eq!(store.settle_after(None, (20, 600), (1000, usize::MAX)).0, 0);
+        for _ in 0..20 {
+            store.tick();
+        }
+        let (work, next) = store.settle_after(None, (20, 600), (1000, usize::MAX));
+        assert!(work > 0 && next.is_none());
+        assert!(
+            store.memory_bytes() < before,
+            "{} >= {before}",
+            store.memory_bytes()
+        );
+        let series = &store.slots[0].as_ref().unwrap();
+        assert!(series
+            .blocks
+            .iter()
+            .rev()
+            .skip(1)
+            .all(|b| b.len() == SETTLED_POINTS));
+        // Every point is still there, and later puts, in and out of order, still work.
+        put(&mut store, "m0", 9.0, 2500);
+        put(&mut store, "m0", 9.0, 6000);
+        model.insert((0, 2500), 9.0);
+        model.insert((0, 6000), 9.0);
+        for m in 0..3 {
+            let expected: Vec<(i64, f64)> = model
+                .range((m, i64::MIN)..=(m, i64::MAX))
+                .map(|(&(_, t), &v)| (t, v))
+                .collect();
+            assert_eq!(series_of(&store, &format!("m{m}")), expected);
+        }
+        let recount: usize = store.slots.iter().flatten().map(Series::bytes).sum();
+        assert_eq!(store.memory, recount);
+    }
+
+    #[test]
+    fn a_settle_pass_stops_at_its_budget_and_goes_on_from_its_cursor() {
+        let mut store = Store::new();
+        for m in 0..10 {
+            for t in 0..600 {
+                put(&mut store, &format!("m{m}"), 1.0, t);
+            }
+        }
+        for _ in 0..20 {
+            store.tick();
+        }
+        let (work, next) = store.settle_after(None, (20, 600), (1000, 100));
+        assert!(
+            work >= 100 && next.as_deref() == Some("m0"),
+            "{work} {next:?}"
+        );
+        let (_, next) = store.settle_after(next.as_deref(), (20, 600), (3, usize::MAX));
+        assert_eq!(next.as_deref(), Some("m3"));
     }
 
     #[test]
