@@ -947,6 +947,100 @@ mod tests {
         assert_eq!(next.as_deref(), Some("m3"));
     }
 
+    /// `get *` as the server writes it.
+    fn get_star_bytes(store: &Store, range: RangeInclusive<i64>) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let step = store.read_after(cursor.as_deref(), range.clone(), 500);
+            let Some(last) = step.last() else {
+                return out;
+            };
+            cursor = Some(last.name().to_string());
+            for series in &step {
+                for (t, v) in series.points() {
+                    crate::protocol::write_point(&mut out, series.name(), v, t);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn random_puts_overwrites_retention_and_settling_match_a_plain_map() {
+        let values = [
+            0.0,
+            -0.0,
+            0.5,
+            94.79799999999999,
+            0.1 + 0.2,
+            1e300,
+            -2.5e-310,
+            f64::MAX,
+            f64::MIN_POSITIVE,
+            12345678.0,
+        ];
+        for seed in 1..=6u64 {
+            let mut rng = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            let mut store = Store::new();
+            let mut model: BTreeMap<(String, i64), f64> = BTreeMap::new();
+            let mut clock = 1_000_000i64;
+            for step in 0..30_000 {
+                let roll = lcg(&mut rng) >> 33;
+                let metric = format!("s{}", roll % 40);
+                match roll % 100 {
+                    // Mostly appends near "now", some late and some far back, some overwrites.
+                    0..=69 => {
+                        clock += (roll % 3) as i64;
+                        let t = clock - (lcg(&mut rng) % 40) as i64;
+                        let v = values[(lcg(&mut rng) % 10) as usize] + step as f64;
+                        put(&mut store, &metric, v, t);
+                        model.insert((metric, t), v);
+                    }
+                    70..=84 => {
+                        let t = (lcg(&mut rng) >> 1) as i64 % (clock + 1);
+                        let v = values[(lcg(&mut rng) % 10) as usize];
+                        put(&mut store, &metric, v, t);
+                        model.insert((metric, t), v);
+                    }
+                    85..=94 => {
+                        if let Some((&(ref m, t), _)) = model.range((metric.clone(), 0)..).next() {
+                            let key = (m.clone(), t);
+                            put(&mut store, &key.0, -1.0, key.1);
+                            model.insert(key, -1.0);
+                        }
+                    }
+                    95..=97 => {
+                        for _ in 0..30 {
+                            store.tick();
+                        }
+                        let mut cursor = None;
+                        loop {
+                            let (_, next) =
+                                store.settle_after(cursor.as_deref(), (20, 600), (7, 500));
+                            match next {
+                                Some(next) => cursor = Some(next),
+                                None => break,
+                            }
+                        }
+                    }
+                    _ => {
+                        let cutoff = (lcg(&mut rng) % clock as u64) as i64 / 2;
+                        store.expire_before(cutoff);
+                        model.retain(|&(_, t), _| t >= cutoff);
+                    }
+                }
+            }
+            let mut expected = Vec::new();
+            for ((m, t), v) in &model {
+                crate::protocol::write_point(&mut expected, m, *v, *t);
+            }
+            assert_eq!(get_star_bytes(&store, ALL), expected, "seed {seed}");
+            assert_eq!(store.points(), model.len());
+            let recount: usize = store.slots.iter().flatten().map(Series::bytes).sum();
+            assert_eq!(store.memory, recount);
+        }
+    }
+
     #[test]
     fn nanosecond_and_far_apart_timestamps_cost_little() {
         let mut store = Store::new();
