@@ -257,6 +257,7 @@ impl Db {
                         }
                     }
                     Ok(Request::Stats) => {
+                        store.merge_late();
                         replies.push(Reply::Stats(self.stats(&store), defaults::now()));
                     }
                     Err(e) => Reply::push_error(replies, e.reply()),
@@ -351,7 +352,11 @@ impl Db {
     /// Stores the current `stats` figures as points, journaled like any put: `--self-metrics`.
     fn record_self_metrics(&self) {
         let now = defaults::now();
-        let rows = self.stats(&self.lock());
+        let rows = {
+            let mut store = self.lock();
+            store.merge_late();
+            self.stats(&store)
+        };
         let requests: Vec<Parsed<'_>> = rows
             .iter()
             .map(|&(metric, value)| {

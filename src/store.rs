@@ -35,8 +35,10 @@ pub const SETTLED_POINTS: usize = 1024;
 const HEAD_SLACK: usize = 32;
 /// The head is sealed when it grows past this.
 const HEAD_MOST: usize = BLOCK_POINTS + HEAD_SLACK;
-/// A block that grows past this by late inserts is split in two.
-const BLOCK_MOST: usize = 2 * SETTLED_POINTS;
+/// Points older than the head wait in a series' late list, and are merged into the blocks
+/// they belong to once there are this many: one encode per block touched per merge, rather
+/// than per point, whatever the order of writes.
+const LATE_MOST: usize = 256;
 /// A quiet series' head is merged into its blocks once it holds this many points...
 const SETTLE_HEAD: usize = 32;
 /// Index shards: growing one rehashes at most 1/64 of the names.
@@ -69,11 +71,13 @@ pub struct Store {
     memory_limit: Option<usize>,
     /// The clock of [`tick`](Store::tick): when each series was last written, cheaply.
     epoch: u32,
+    /// Slots of series that have had late points since the last [`merge_late`](Store::merge_late).
+    late_slots: Vec<u32>,
 }
 
-/// What a put did to the store.
+/// What a put into a head did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Put {
+enum Put {
     /// A new point.
     Added,
     /// The metric already had a point at that timestamp; its value was replaced.
@@ -161,7 +165,7 @@ impl Store {
     ///
     /// # Errors
     /// [`MemoryFull`] when the memory limit is reached and the put is not an overwrite.
-    pub fn put(&mut self, metric: &str, value: f64, timestamp: i64) -> Result<Put, MemoryFull> {
+    pub fn put(&mut self, metric: &str, value: f64, timestamp: i64) -> Result<(), MemoryFull> {
         let hash = self.hash(metric);
         let full = self.full();
         let slot = match self.slot_of(metric, hash) {
@@ -175,14 +179,33 @@ impl Store {
         if full && !series.contains(timestamp) {
             return Err(MemoryFull);
         }
-        let before = series.bytes();
+        let (before, len) = (series.bytes(), series.len);
         series.touched = self.epoch;
-        let outcome = series.insert(timestamp, value);
-        self.memory = self.memory + series.bytes() - before;
-        if outcome == Put::Added {
-            self.points += 1;
+        let fresh = series.late.is_empty();
+        series.insert(timestamp, value);
+        if fresh && !series.late.is_empty() {
+            self.late_slots.push(slot);
         }
-        Ok(outcome)
+        self.memory = self.memory + series.bytes() - before;
+        self.points = self.points + series.len - len;
+        Ok(())
+    }
+
+    /// Merges every series' late points into their blocks, so that [`points`](Store::points)
+    /// is exact: a late point that replaced one in a block is known only then.
+    pub fn merge_late(&mut self) {
+        for slot in std::mem::take(&mut self.late_slots) {
+            let Some(series) = self.slots[slot as usize].as_mut() else {
+                continue;
+            };
+            if series.late.is_empty() {
+                continue;
+            }
+            let (before, len) = (series.bytes(), series.len);
+            series.merge_late();
+            self.memory = self.memory + series.bytes() - before;
+            self.points = self.points + series.len - len;
+        }
     }
 
     fn add_series(&mut self, metric: &str, hash: u64) -> u32 {
@@ -306,11 +329,13 @@ impl Store {
             let Some(series) = self.slots[slot as usize].as_mut() else {
                 continue;
             };
-            let before = series.bytes();
-            let gone = series.expire_before(cutoff);
+            let (before, len) = (series.bytes(), series.len);
+            series.expire_before(cutoff);
             let after = series.bytes();
             let empty = series.len == 0;
             self.memory = self.memory + after - before;
+            // Late points merged on the way may have replaced others: count by what is left.
+            let gone = len - series.len;
             self.points -= gone;
             removed += gone;
             if empty {
@@ -354,9 +379,11 @@ impl Store {
             if since < quiet {
                 continue;
             }
-            let before = series.bytes();
+            let (before, len) = (series.bytes(), series.len);
             work += series.settle(since >= idle);
             self.memory = self.memory + series.bytes() - before;
+            // Merging late points finds the ones that replaced others.
+            self.points = self.points + series.len - len;
             if work >= point_budget {
                 return (work, Some(Arc::clone(name)));
             }
@@ -397,6 +424,10 @@ struct Series {
     block_bytes: usize,
     /// The store's clock when it was last written.
     touched: u32,
+    /// Points at or before the newest sealed one, sorted, not yet merged into their blocks;
+    /// they take precedence over a block's point at the same timestamp. Each counts in `len`
+    /// until the merge finds it replaced one.
+    late: Vec<(i64, f64)>,
 }
 
 impl Series {
@@ -408,6 +439,7 @@ impl Series {
             len: 0,
             block_bytes: 0,
             touched: 0,
+            late: Vec::new(),
         }
     }
 
@@ -416,6 +448,7 @@ impl Series {
             + self.name.len()
             + self.head.capacity() * size_of::<(i64, f64)>()
             + self.blocks.capacity() * size_of::<Sealed>()
+            + self.late.capacity() * size_of::<(i64, f64)>()
             + self.block_bytes
     }
 
@@ -442,6 +475,13 @@ impl Series {
     fn contains(&self, timestamp: i64) -> bool {
         match self.sealed_until() {
             Some(until) if timestamp <= until => {
+                if self
+                    .late
+                    .binary_search_by_key(&timestamp, |&(t, _)| t)
+                    .is_ok()
+                {
+                    return true;
+                }
                 let block = &self.blocks[self.block_for(timestamp)];
                 block.first() <= timestamp && block.iter().any(|(t, _)| t == timestamp)
             }
@@ -452,15 +492,90 @@ impl Series {
         }
     }
 
-    fn insert(&mut self, timestamp: i64, value: f64) -> Put {
-        let outcome = match self.sealed_until() {
-            Some(until) if timestamp <= until => self.insert_sealed(timestamp, value),
-            _ => self.insert_head(timestamp, value),
+    fn insert(&mut self, timestamp: i64, value: f64) {
+        let added = match self.sealed_until() {
+            Some(until) if timestamp <= until => self.insert_late(timestamp, value),
+            _ => self.insert_head(timestamp, value) == Put::Added,
         };
-        if outcome == Put::Added {
+        if added {
             self.len += 1;
         }
-        outcome
+    }
+
+    /// Keeps a point older than the head in the late list; merges the list into the blocks
+    /// when it is full. Returns whether it is a new entry of the list.
+    fn insert_late(&mut self, timestamp: i64, value: f64) -> bool {
+        match self.late.binary_search_by_key(&timestamp, |&(t, _)| t) {
+            Ok(at) => {
+                self.late[at].1 = value;
+                false
+            }
+            Err(at) => {
+                if self.late.capacity() == 0 {
+                    self.late.reserve_exact(LATE_MOST);
+                }
+                self.late.insert(at, (timestamp, value));
+                if self.late.len() >= LATE_MOST {
+                    self.merge_late();
+                }
+                true
+            }
+        }
+    }
+
+    /// Merges the late list into the blocks it belongs in: each block touched is decoded and
+    /// encoded once. Points that replaced a block's point are taken off `len` here.
+    fn merge_late(&mut self) {
+        let late = std::mem::take(&mut self.late);
+        let mut replaced = 0;
+        let mut rest = &late[..];
+        while let Some(&(first, _)) = rest.first() {
+            let at = self.block_for(first);
+            // This block takes the late points up to the start of the next block.
+            let end = match self.blocks.get(at + 1) {
+                Some(next) => rest.partition_point(|&(t, _)| t < next.first()),
+                None => rest.len(),
+            };
+            let (mine, others) = rest.split_at(end.max(1));
+            replaced += self.merge_into(at, mine);
+            rest = others;
+        }
+        self.len -= replaced;
+    }
+
+    /// Merges sorted `points` into block `at`; returns how many replaced a point there.
+    fn merge_into(&mut self, at: usize, points: &[(i64, f64)]) -> usize {
+        let mut old = Vec::with_capacity(self.blocks[at].len());
+        self.blocks[at].decode_into(&mut old);
+        let mut merged = Vec::with_capacity(old.len() + points.len());
+        let mut replaced = 0;
+        let (mut i, mut j) = (0, 0);
+        while i < old.len() || j < points.len() {
+            match (old.get(i), points.get(j)) {
+                (Some(&a), Some(&b)) if a.0 == b.0 => {
+                    merged.push(b);
+                    replaced += 1;
+                    i += 1;
+                    j += 1;
+                }
+                (Some(&a), Some(&b)) if a.0 < b.0 => {
+                    merged.push(a);
+                    i += 1;
+                }
+                (_, Some(&b)) => {
+                    merged.push(b);
+                    j += 1;
+                }
+                (Some(&a), None) => {
+                    merged.push(a);
+                    i += 1;
+                }
+                (None, None) => break,
+            }
+        }
+        let blocks = merged.chunks(SETTLED_POINTS).map(Block::encode).collect();
+        self.replace_block(at, blocks);
+        replaced
     }
 
     fn insert_head(&mut self, timestamp: i64, value: f64) -> Put {
@@ -495,33 +610,6 @@ impl Series {
         self.blocks.push(block);
     }
 
-    fn insert_sealed(&mut self, timestamp: i64, value: f64) -> Put {
-        let at = self.block_for(timestamp);
-        let mut points = Vec::with_capacity(self.blocks[at].len() + 1);
-        self.blocks[at].decode_into(&mut points);
-        let outcome = match points.binary_search_by_key(&timestamp, |&(t, _)| t) {
-            Ok(i) => {
-                points[i].1 = value;
-                Put::Replaced
-            }
-            Err(i) => {
-                points.insert(i, (timestamp, value));
-                Put::Added
-            }
-        };
-        let replaced = if points.len() > BLOCK_MOST {
-            let half = points.len() / 2;
-            vec![
-                Block::encode(&points[..half]),
-                Block::encode(&points[half..]),
-            ]
-        } else {
-            vec![Block::encode(&points)]
-        };
-        self.replace_block(at, replaced);
-        outcome
-    }
-
     /// Puts `blocks` where block `at` was (none: it is removed).
     fn replace_block(&mut self, at: usize, blocks: Vec<Block>) {
         let old = self.blocks[at].heap_bytes() + BLOCK_BYTES;
@@ -535,6 +623,10 @@ impl Series {
     /// Merges the trailing blocks smaller than [`SETTLED_POINTS`], and the head when it is
     /// worth it (or `idle`), into as few blocks as fit. Returns the points re-encoded.
     fn settle(&mut self, idle: bool) -> usize {
+        let late = self.late.len();
+        if late > 0 {
+            self.merge_late();
+        }
         let small = self.blocks.len()
             - self
                 .blocks
@@ -544,11 +636,14 @@ impl Series {
                 .count();
         let with_head = !self.head.is_empty() && (idle || self.head.len() >= SETTLE_HEAD);
         if self.blocks.len() - small < 2 && !with_head {
-            // Nothing worth re-encoding; an emptied head still gives its allocation back.
+            // Nothing worth re-encoding; emptied lists still give their allocations back.
             if self.head.is_empty() && self.head.capacity() > 0 {
                 self.head = Vec::new();
             }
-            return 0;
+            if self.late.capacity() > 0 {
+                self.late = Vec::new();
+            }
+            return late;
         }
         let mut points = Vec::with_capacity(
             self.blocks[small..].iter().map(|b| b.len()).sum::<usize>() + self.head.len(),
@@ -567,10 +662,13 @@ impl Series {
             self.blocks.push(block);
         }
         self.blocks.shrink_to_fit();
-        points.len()
+        points.len() + late
     }
 
     fn expire_before(&mut self, cutoff: i64) -> usize {
+        if !self.late.is_empty() {
+            self.merge_late();
+        }
         let whole = self.blocks.partition_point(|b| b.last() < cutoff);
         let mut removed = 0;
         for block in self.blocks.drain(..whole) {
@@ -605,21 +703,26 @@ impl Series {
 
     fn snapshot(&self, range: RangeInclusive<i64>) -> SeriesSnapshot {
         let (from, to) = (*range.start(), *range.end());
-        let (blocks, head) = if from > to {
-            (Vec::new(), Vec::new())
+        let in_range = |points: &[(i64, f64)]| {
+            let start = points.partition_point(|&(t, _)| t < from);
+            let end = points.partition_point(|&(t, _)| t <= to);
+            points[start..end.max(start)].to_vec()
+        };
+        let (blocks, late, head) = if from > to {
+            (Vec::new(), Vec::new(), Vec::new())
         } else {
             let start = self.blocks.partition_point(|b| b.last() < from);
             let end = self.blocks.partition_point(|b| b.first() <= to);
-            let head_start = self.head.partition_point(|&(t, _)| t < from);
-            let head_end = self.head.partition_point(|&(t, _)| t <= to);
             (
                 self.blocks[start..end.max(start)].to_vec(),
-                self.head[head_start..head_end.max(head_start)].to_vec(),
+                in_range(&self.late),
+                in_range(&self.head),
             )
         };
         SeriesSnapshot {
             name: Arc::clone(&self.name),
             blocks,
+            late,
             head,
             from,
             to,
@@ -632,6 +735,7 @@ impl Series {
 pub struct SeriesSnapshot {
     name: Arc<str>,
     blocks: Vec<Sealed>,
+    late: Vec<(i64, f64)>,
     head: Vec<(i64, f64)>,
     from: i64,
     to: i64,
@@ -645,22 +749,55 @@ impl SeriesSnapshot {
 
     /// Whether no point is in range.
     pub fn is_empty(&self) -> bool {
-        self.blocks.is_empty() && self.head.is_empty()
+        self.blocks.is_empty() && self.late.is_empty() && self.head.is_empty()
     }
 
     /// Points held, counting whole blocks (some of their points may be out of range).
     pub fn len_estimate(&self) -> usize {
-        self.blocks.iter().map(|b| b.len()).sum::<usize>() + self.head.len()
+        self.blocks.iter().map(|b| b.len()).sum::<usize>() + self.late.len() + self.head.len()
     }
 
     /// The points in range as `(timestamp, value)`, oldest first.
     pub fn points(&self) -> impl Iterator<Item = (i64, f64)> + '_ {
         let (from, to) = (self.from, self.to);
-        self.blocks
+        let sealed = self
+            .blocks
             .iter()
             .flat_map(|block| block.iter())
-            .filter(move |&(t, _)| from <= t && t <= to)
-            .chain(self.head.iter().copied())
+            .filter(move |&(t, _)| from <= t && t <= to);
+        Overlaid {
+            under: sealed.peekable(),
+            over: self.late.iter().copied().peekable(),
+        }
+        .chain(self.head.iter().copied())
+    }
+}
+
+/// Two sorted point streams as one; at a timestamp both have, `over`'s point wins.
+struct Overlaid<A: Iterator<Item = (i64, f64)>, B: Iterator<Item = (i64, f64)>> {
+    under: std::iter::Peekable<A>,
+    over: std::iter::Peekable<B>,
+}
+
+impl<A, B> Iterator for Overlaid<A, B>
+where
+    A: Iterator<Item = (i64, f64)>,
+    B: Iterator<Item = (i64, f64)>,
+{
+    type Item = (i64, f64);
+
+    fn next(&mut self) -> Option<(i64, f64)> {
+        let Some(&(late, _)) = self.over.peek() else {
+            return self.under.next();
+        };
+        match self.under.peek() {
+            Some(&(t, _)) if t < late => self.under.next(),
+            Some(&(t, _)) if t == late => {
+                self.under.next();
+                self.over.next()
+            }
+            _ => self.over.next(),
+        }
     }
 }
 
@@ -671,8 +808,8 @@ mod tests {
 
     const ALL: RangeInclusive<i64> = i64::MIN..=i64::MAX;
 
-    fn put(store: &mut Store, metric: &str, value: f64, timestamp: i64) -> Put {
-        store.put(metric, value, timestamp).unwrap()
+    fn put(store: &mut Store, metric: &str, value: f64, timestamp: i64) {
+        store.put(metric, value, timestamp).unwrap();
     }
 
     fn all(store: &Store) -> Vec<(String, f64, i64)> {
@@ -710,9 +847,9 @@ mod tests {
     #[test]
     fn put_then_get_returns_points_sorted() {
         let mut store = Store::new();
-        assert_eq!(put(&mut store, "b", 2.0, 20), Put::Added);
-        assert_eq!(put(&mut store, "a", 1.0, 10), Put::Added);
-        assert_eq!(put(&mut store, "b", 1.5, 10), Put::Added);
+        put(&mut store, "b", 2.0, 20);
+        put(&mut store, "a", 1.0, 10);
+        put(&mut store, "b", 1.5, 10);
         assert_eq!(
             all(&store),
             vec![
@@ -728,7 +865,7 @@ mod tests {
     fn same_timestamp_replaces_the_value() {
         let mut store = Store::new();
         put(&mut store, "m", 1.0, 5);
-        assert_eq!(put(&mut store, "m", 2.0, 5), Put::Replaced);
+        put(&mut store, "m", 2.0, 5);
         assert_eq!(all(&store), vec![("m".into(), 2.0, 5)]);
         assert_eq!(store.points(), 1);
     }
@@ -746,15 +883,12 @@ mod tests {
         let mut model = BTreeMap::new();
         for (i, ts) in timestamps.into_iter().enumerate() {
             let value = i as f64;
-            let expected = if model.insert(ts, value).is_some() {
-                Put::Replaced
-            } else {
-                Put::Added
-            };
-            assert_eq!(put(&mut store, "m", value, ts), expected);
+            model.insert(ts, value);
+            put(&mut store, "m", value, ts);
         }
         let got = series(&store, "m");
         assert_eq!(got, model.into_iter().collect::<Vec<_>>());
+        store.merge_late();
         assert_eq!(store.points(), got.len());
     }
 
@@ -860,10 +994,10 @@ mod tests {
         store.set_memory_limit(Some(store.memory_bytes()));
         assert_eq!(store.put("m", 2.0, 2), Err(MemoryFull));
         assert_eq!(store.put("n", 2.0, 2), Err(MemoryFull));
-        assert_eq!(store.put("m", 3.0, 1), Ok(Put::Replaced));
+        assert_eq!(store.put("m", 3.0, 1), Ok(()));
         assert_eq!(series(&store, "m"), vec![(1, 3.0)]);
         store.set_memory_limit(None);
-        assert_eq!(store.put("n", 2.0, 2), Ok(Put::Added));
+        assert_eq!(store.put("n", 2.0, 2), Ok(()));
     }
 
     #[test]
@@ -1034,6 +1168,8 @@ mod tests {
             for ((m, t), v) in &model {
                 crate::protocol::write_point(&mut expected, m, *v, *t);
             }
+            assert_eq!(get_star_bytes(&store, ALL), expected, "seed {seed}");
+            store.merge_late();
             assert_eq!(get_star_bytes(&store, ALL), expected, "seed {seed}");
             assert_eq!(store.points(), model.len());
             let recount: usize = store.slots.iter().flatten().map(Series::bytes).sum();
