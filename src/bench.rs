@@ -13,7 +13,7 @@
 //! replies while the writer is still writing and neither side waits for the other.
 
 use crate::client::{self, ClientError, ReplyReader};
-use crate::protocol::{Reply, Request, Selector};
+use crate::protocol::{self, Reply, Request, Selector};
 use std::fmt;
 use std::io::{self, Write};
 use std::net::TcpStream;
@@ -306,18 +306,12 @@ impl Plan {
 
 /// Appends the decimal digits of `n`: the one formatting step per request, kept cheap so the
 /// load generator is not what a benchmark measures.
-fn push_decimal(out: &mut String, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend(digits[at..].iter().map(|&d| char::from(d)));
+fn push_decimal(out: &mut String, n: u64) {
+    out.extend(
+        protocol::digits(n, &mut [0; 20])
+            .iter()
+            .map(|&d| char::from(d)),
+    );
 }
 
 /// What one connection counted.

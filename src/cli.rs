@@ -854,6 +854,9 @@ fn parse_server(args: &[&str]) -> Result<Command, UsageError> {
                 check_addr(addr).map_err(|problem| {
                     args.error(format!("invalid --forward '{addr}': {problem}"))
                 })?;
+                if config.forward.iter().any(|a| a == addr) {
+                    return Err(args.error(format!("--forward '{addr}' is given twice")));
+                }
                 config.forward.push(addr.to_string());
             }
             Arg::Option("--forward-buffer") => config.forward_buffer = args.count()?,

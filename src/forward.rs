@@ -6,21 +6,24 @@
 //! - with `--data`, the data file itself is the queue: the forwarder reads the lines written to
 //!   it, saves how far it has got beside it (atomically, in a file named for the data file and
 //!   the upstream), and compaction keeps what any forwarder has not yet sent;
-//! - without, a bounded queue in memory ([`MemoryQueue`]): past `--forward-buffer` points the
-//!   oldest unsent are dropped and counted.
+//! - without, a bounded queue in memory ([`MemoryQueue`]): past `--forward-buffer` unsent
+//!   points the oldest unsent are dropped, counted and logged.
 //!
 //! Graphite plaintext has no acknowledgements: bytes written just before an upstream failed may
-//! never have been stored. After every reconnect the forwarder starts again from its *safe*
-//! position: the last position it had written at least [`RESEND_WINDOW`] before, and at least
-//! [`RESEND_BYTES`] (more than a socket's buffers hold) before what it had sent. Duplicates
-//! are harmless to Graphite-style stores, which keep one value per metric and timestamp.
+//! never have been read, let alone stored. After every reconnect the forwarder starts again
+//! from its *safe* position: the last position it had written at least [`RESEND_WINDOW`]
+//! before, with at least [`RESEND_BYTES`] (more than the socket buffers of both sides hold)
+//! written on the same connection after it, so the upstream must have read it. Nothing short
+//! of that counts as proof of reading: a write that returns at once only means the buffers had
+//! room. Duplicates are harmless to Graphite-style stores, which keep one value per metric and
+//! timestamp.
 
 use crate::journal::{FileId, Journal};
 use crate::log::{self, suppressed_note, Topic};
 use crate::{info, warn};
 use std::collections::VecDeque;
 use std::fs::{self, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,22 +31,34 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// Bytes sent in one write, at most.
+/// Bytes sent in one write, at most (a single longer line goes in a write of its own).
 const WRITE_BYTES: usize = 1 << 20;
 /// How far back a forwarder starts again after a reconnect, in time...
 pub const RESEND_WINDOW: Duration = Duration::from_secs(5);
-/// ...and at least in bytes: more than the socket buffers on both sides hold.
+/// ...and at least in bytes written after: more than the socket buffers on both sides hold
+/// (Linux's defaults top out at 4 MiB to send and 6 MiB to receive).
 pub const RESEND_BYTES: u64 = 16 << 20;
-/// Reconnect backoff.
-const BACKOFF_FIRST: Duration = Duration::from_millis(100);
-const BACKOFF_MOST: Duration = Duration::from_secs(10);
+/// Reconnect backoff: from the first delay, doubling, up to the most.
+pub const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+pub const BACKOFF_MOST: Duration = Duration::from_secs(10);
+/// A connection that lasted this long was a working one: after it fails, the backoff starts
+/// again from the first delay. One that fails sooner (an upstream that accepts and closes at
+/// once) keeps backing off.
+const HEALTHY: Duration = Duration::from_secs(10);
 /// How long a write may block on an upstream that does not read before it counts as failed.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-/// A write that takes less than this went straight into a socket with room: the upstream is
-/// reading.
-const QUICK_WRITE: Duration = Duration::from_millis(50);
-/// How often a forwarder saves its position.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a forwarder with nothing to send waits for more before it checks that the upstream
+/// has not closed the connection.
+const IDLE_CHECK: Duration = Duration::from_millis(200);
+/// How often a forwarder saves its position (when it moved).
 const SAVE_EVERY: Duration = Duration::from_secs(1);
+/// Write marks kept for the resend window, at most; writes within [`MARK_EVERY`] and
+/// [`MARK_BYTES`] of a mark's first share it. Merging only ever makes the safe position later.
+const MARKS_MOST: usize = 4096;
+const MARK_EVERY: Duration = Duration::from_millis(100);
+const MARK_BYTES: u64 = 1 << 20;
+/// Points dropped from a full memory queue are logged at most this often, with their count.
+const DROP_LOG_EVERY: Duration = Duration::from_secs(10);
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
@@ -70,6 +85,9 @@ pub(crate) struct Upstream {
     source: Source,
     /// The safe position (see the module docs): compaction keeps the data file from here on.
     safe: AtomicU64,
+    /// File mode: the position just past the furthest byte ever written to the upstream, so
+    /// a resend is not counted as new.
+    sent_most: AtomicU64,
     /// File mode: lines of the file before the first position sent from, and lines newly sent
     /// since: what is pending is the rest of the lines written.
     lines_before: AtomicU64,
@@ -82,6 +100,9 @@ enum Source {
     File {
         journal: Arc<Journal>,
         progress: PathBuf,
+        /// Held while the progress file is written (the forwarder and a compaction both save),
+        /// with what was last written there.
+        saved: Mutex<Option<(u64, FileId)>>,
     },
     Memory(MemoryQueue),
 }
@@ -96,8 +117,13 @@ impl Upstream {
         let lines_before = journal.lines_before(start);
         let upstream = Upstream {
             addr: addr.to_string(),
-            source: Source::File { journal, progress },
+            source: Source::File {
+                journal,
+                progress,
+                saved: Mutex::new(None),
+            },
             safe: AtomicU64::new(start),
+            sent_most: AtomicU64::new(start),
             lines_before: AtomicU64::new(lines_before),
             lines_sent: AtomicU64::new(0),
             totals,
@@ -112,6 +138,7 @@ impl Upstream {
             addr: addr.to_string(),
             source: Source::Memory(MemoryQueue::new(bound)),
             safe: AtomicU64::new(0),
+            sent_most: AtomicU64::new(0),
             lines_before: AtomicU64::new(0),
             lines_sent: AtomicU64::new(0),
             totals,
@@ -147,28 +174,46 @@ impl Upstream {
     }
 
     /// Saves the safe position beside the data file, atomically (a new file renamed over the
-    /// old): after a crash the forwarder resends from there.
+    /// old), unless that is what the file already says: after a crash the forwarder resends
+    /// from there. Call it after a compaction too: the position is saved as an offset in the
+    /// file, which is a new one then.
     pub fn save(&self) {
-        let Source::File { journal, progress } = &self.source else {
+        let Source::File {
+            journal,
+            progress,
+            saved,
+        } = &self.source
+        else {
             return;
         };
+        // The offset is looked up under the lock, so the last save is never an older file's.
+        let mut saved = lock(saved);
         let (offset, id) = journal.file_offset(self.safe.load(Ordering::Acquire));
-        let Some(FileId(dev, ino)) = id else {
+        let Some(id) = id else {
             return;
         };
-        if let Err(e) = write_atomically(progress, format!("{offset} {dev} {ino}\n").as_bytes()) {
-            if let Some(suppressed) = log::allow(Topic::Refusals) {
-                warn!(
-                    "cannot save forwarding progress to {}: {e}{}",
-                    progress.display(),
-                    suppressed_note(suppressed)
-                );
+        if *saved == Some((offset, id)) {
+            return;
+        }
+        let FileId(dev, ino) = id;
+        match write_atomically(progress, format!("{offset} {dev} {ino}\n").as_bytes()) {
+            Ok(()) => *saved = Some((offset, id)),
+            Err(e) => {
+                drop(saved);
+                if let Some(suppressed) = log::allow(Topic::Refusals) {
+                    warn!(
+                        "cannot save forwarding progress to {}: {e}{}",
+                        progress.display(),
+                        suppressed_note(suppressed)
+                    );
+                }
             }
         }
     }
 
-    /// Appends bytes from `position` on (whole lines, at most `most` bytes) to `out`; waits up
-    /// to `wait` for some when there are none. Returns the lines appended.
+    /// Appends bytes from `position` on (whole lines, about `most` bytes at most) to `out`;
+    /// waits up to `wait` for some when there are none. Returns the position after them: past
+    /// the bytes appended, or past points dropped from a memory queue.
     fn read(
         &self,
         position: u64,
@@ -183,8 +228,21 @@ impl Upstream {
                     thread::sleep(Duration::from_millis(20));
                 }
                 let start = out.len();
-                journal.read_from(position, most, out)?;
-                Ok(out[start..].iter().filter(|&&b| b == b'\n').count() as u64)
+                let mut most = most;
+                loop {
+                    journal.read_from(position, most, out)?;
+                    let available = journal.written_seq().saturating_sub(position);
+                    // A line longer than `most` (`--max-line-bytes` allows that): read more.
+                    if out.len() > start || available <= most as u64 {
+                        break;
+                    }
+                    most = most.saturating_mul(2);
+                }
+                if out.len() == start && journal.written_seq() > position {
+                    // Written bytes that cannot be read: do not spin on them.
+                    thread::sleep(wait);
+                }
+                Ok(position + (out.len() - start) as u64)
             }
             Source::Memory(queue) => Ok(queue.read(position, most, wait, out)),
         }
@@ -198,22 +256,59 @@ impl Upstream {
         }
     }
 
-    /// Records that bytes up to `sent` were written, and which of them are now safe.
-    fn advance(&self, sent: u64, safe: u64, new_lines: u64) {
-        self.totals.sent.fetch_add(new_lines, Ordering::Relaxed);
-        self.safe.fetch_max(safe, Ordering::AcqRel);
-        match &self.source {
+    /// Records that `bytes`, read from `from` up to `to`, were written to the upstream, and
+    /// that everything before `safe` is now safe. Lines sent before (a resend) are not new.
+    fn advance(&self, from: u64, bytes: &[u8], to: u64, safe: u64) {
+        let new_lines = match &self.source {
             Source::File { .. } => {
-                self.lines_sent.fetch_add(new_lines, Ordering::Relaxed);
+                let before = self.sent_most.fetch_max(to, Ordering::AcqRel);
+                let fresh = if to > before {
+                    // File positions have no gaps: `bytes` are exactly `from..to`.
+                    let skip = (before.saturating_sub(from) as usize).min(bytes.len());
+                    bytes[skip..].iter().filter(|&&b| b == b'\n').count() as u64
+                } else {
+                    0
+                };
+                self.lines_sent.fetch_add(fresh, Ordering::Relaxed);
+                fresh
             }
-            Source::Memory(queue) => queue.advance(sent, safe),
+            Source::Memory(queue) => queue.advance(to, safe),
+        };
+        if new_lines > 0 {
+            self.totals.sent.fetch_add(new_lines, Ordering::Relaxed);
+        }
+        self.safe.fetch_max(safe, Ordering::AcqRel);
+    }
+
+    /// Points a memory queue has dropped so far.
+    fn dropped(&self) -> u64 {
+        match &self.source {
+            Source::Memory(queue) => lock(&queue.state).dropped,
+            Source::File { .. } => 0,
         }
     }
 }
 
+/// One `put` batch's point lines in a [`MemoryQueue`].
+#[derive(Debug)]
+struct Batch {
+    /// The position of its first byte.
+    start: u64,
+    bytes: Vec<u8>,
+    lines: u64,
+}
+
+impl Batch {
+    fn end(&self) -> u64 {
+        self.start + self.bytes.len() as u64
+    }
+}
+
 /// The stream of point lines for one upstream without a data file: batches in put order, from
-/// the oldest still kept for a resend to the newest. Holds at most `bound` unsent points; past
-/// that the oldest unsent batch is dropped.
+/// the oldest still kept for a resend to the newest. Holds at most `bound` points waiting to be
+/// sent (besides the one write under way); past that the oldest are dropped (the bytes of
+/// dropped points are a gap in the positions, which the sender skips). What was sent is kept
+/// until it is safe: the resend window.
 #[derive(Debug)]
 pub(crate) struct MemoryQueue {
     state: Mutex<QueueState>,
@@ -223,14 +318,21 @@ pub(crate) struct MemoryQueue {
 
 #[derive(Debug, Default)]
 struct QueueState {
-    /// Batches with the position of their first byte.
-    batches: VecDeque<(u64, Vec<u8>, u64)>,
+    batches: VecDeque<Batch>,
     /// Position just past the last byte.
     end: u64,
-    /// The sender's position, and the safe one before it.
+    /// The position up to which the sender has written: lines from here on are unsent.
     sent: u64,
+    /// The position up to which the sender has read: what it may be writing now, never
+    /// dropped.
+    claimed: u64,
+    /// The sender's safe position: what is before it is not kept.
     safe: u64,
+    /// Lines from `sent` on (what `stats` calls pending), and from `claimed` on (what the
+    /// bound applies to).
     unsent_lines: u64,
+    waiting_lines: u64,
+    dropped: u64,
 }
 
 impl MemoryQueue {
@@ -243,34 +345,58 @@ impl MemoryQueue {
     }
 
     /// Adds a batch of `lines` point lines. Never waits for the sender. Returns how many
-    /// points were dropped to stay within the bound.
+    /// points were dropped to stay within the bound: the oldest unsent ones, line by line, so
+    /// the newest `bound` are kept whatever the batches' sizes.
     pub fn push(&self, bytes: &[u8], lines: u64) -> u64 {
         let mut state = lock(&self.state);
         let start = state.end;
         state.end += bytes.len() as u64;
         state.unsent_lines += lines;
-        state.batches.push_back((start, bytes.to_vec(), lines));
+        state.waiting_lines += lines;
+        state.batches.push_back(Batch {
+            start,
+            bytes: bytes.to_vec(),
+            lines,
+        });
         let mut dropped = 0;
-        while state.unsent_lines > self.bound {
-            // The oldest unsent batch: the first that starts at or after `sent`.
-            let at = state
-                .batches
-                .partition_point(|&(start, _, _)| start < state.sent);
-            let Some(batch) = state.batches.remove(at) else {
+        while state.waiting_lines > self.bound {
+            let excess = state.waiting_lines - self.bound;
+            // The oldest unsent batch the sender has not yet taken.
+            let claimed = state.claimed;
+            let at = state.batches.partition_point(|b| b.start < claimed);
+            let Some(batch) = state.batches.get_mut(at) else {
                 break;
             };
-            state.unsent_lines -= batch.2;
-            dropped += batch.2;
-            // Later positions are unchanged; the dropped bytes are simply skipped.
-            if at == state.batches.len() {
-                state.sent = state.end;
-            }
+            let cut = if batch.lines <= excess {
+                let whole = batch.lines;
+                state.batches.remove(at);
+                whole
+            } else {
+                // Its oldest `excess` lines go; later positions are unchanged.
+                let bytes_cut = batch
+                    .bytes
+                    .iter()
+                    .enumerate()
+                    .filter(|&(_, &b)| b == b'\n')
+                    .nth(excess as usize - 1)
+                    .map_or(batch.bytes.len(), |(i, _)| i + 1);
+                batch.bytes.drain(..bytes_cut);
+                batch.start += bytes_cut as u64;
+                batch.lines -= excess;
+                excess
+            };
+            state.unsent_lines -= cut;
+            state.waiting_lines -= cut;
+            dropped += cut;
         }
+        state.dropped += dropped;
         drop(state);
         self.grew.notify_one();
         dropped
     }
 
+    /// Appends whole batches from `position` on (at least one, then up to `most` bytes) to
+    /// `out`, waiting up to `wait` when there are none; returns the position after them.
     fn read(&self, position: u64, most: usize, wait: Duration, out: &mut Vec<u8>) -> u64 {
         let mut state = lock(&self.state);
         if state.end <= position {
@@ -280,18 +406,27 @@ impl MemoryQueue {
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
-        let first = state
-            .batches
-            .partition_point(|&(start, _, _)| start < position);
-        let mut lines = 0;
-        for (_, bytes, count) in state.batches.range(first..) {
-            if !out.is_empty() && out.len() + bytes.len() > most {
+        let first = state.batches.partition_point(|b| b.start < position);
+        let start = out.len();
+        let mut next = position;
+        let mut taken = 0;
+        for batch in state.batches.range(first..) {
+            if out.len() > start && out.len() + batch.bytes.len() > most {
                 break;
             }
-            out.extend_from_slice(bytes);
-            lines += count;
+            out.extend_from_slice(&batch.bytes);
+            next = batch.end();
+            if batch.start >= state.claimed {
+                taken += batch.lines;
+            }
         }
-        lines
+        if out.len() == start {
+            // Nothing kept from `position` on: whatever was there was dropped.
+            next = state.end.max(position);
+        }
+        state.claimed = state.claimed.max(next);
+        state.waiting_lines -= taken.min(state.waiting_lines);
+        next
     }
 
     fn resume_from(&self) -> u64 {
@@ -299,140 +434,236 @@ impl MemoryQueue {
         state.safe
     }
 
-    fn advance(&self, sent: u64, safe: u64) {
+    /// Records that the sender wrote up to `sent` and that `safe` is safe; returns the lines
+    /// newly sent.
+    fn advance(&self, sent: u64, safe: u64) -> u64 {
         let mut state = lock(&self.state);
+        let mut newly = 0;
         if sent > state.sent {
-            // Lines newly sent are no longer pending.
-            let from = state
-                .batches
-                .partition_point(|&(start, _, _)| start < state.sent);
-            let newly: u64 = state
+            let before = state.sent;
+            let from = state.batches.partition_point(|b| b.start < before);
+            newly = state
                 .batches
                 .range(from..)
-                .take_while(|&&(start, _, _)| start < sent)
-                .map(|&(_, _, lines)| lines)
+                .take_while(|b| b.start < sent)
+                .map(|b| b.lines)
                 .sum();
             state.unsent_lines -= newly.min(state.unsent_lines);
             state.sent = sent;
         }
         state.safe = state.safe.max(safe);
         // What is safe is no longer needed for a resend.
-        while state
-            .batches
-            .front()
-            .is_some_and(|&(start, ref bytes, _)| start + bytes.len() as u64 <= state.safe)
-        {
+        while state.batches.front().is_some_and(|b| b.end() <= state.safe) {
             state.batches.pop_front();
         }
+        newly
+    }
+}
+
+/// A forwarder's notes between connections: the reconnect backoff, the outage under way and
+/// what it has logged about dropped points.
+struct Sender<'a> {
+    upstream: &'a Upstream,
+    backoff: Duration,
+    /// When the outage began, and the attempts that failed in it.
+    outage: Option<(Instant, u64)>,
+    drops_logged: u64,
+    drops_logged_at: Option<Instant>,
+}
+
+impl Sender<'_> {
+    /// Logs points dropped from a full memory queue since the last note, at most every
+    /// [`DROP_LOG_EVERY`].
+    fn note_drops(&mut self) {
+        let dropped = self.upstream.dropped();
+        if dropped == self.drops_logged
+            || self
+                .drops_logged_at
+                .is_some_and(|at| at.elapsed() < DROP_LOG_EVERY)
+        {
+            return;
+        }
+        let bound = match &self.upstream.source {
+            Source::Memory(queue) => queue.bound,
+            Source::File { .. } => 0,
+        };
+        warn!(
+            "forwarding to {}: the queue of unsent points is full (--forward-buffer {bound}); \
+             dropped the {} oldest ({dropped} in all)",
+            self.upstream.addr,
+            dropped - self.drops_logged
+        );
+        self.drops_logged = dropped;
+        self.drops_logged_at = Some(Instant::now());
     }
 }
 
 /// Runs one upstream's sender until the process ends.
 pub(crate) fn run(upstream: &Upstream) {
-    let mut backoff = BACKOFF_FIRST;
-    let mut down_since: Option<(Instant, String)> = None;
-    let mut failures = 0u64;
-    let mut sent_most = upstream.resume_from();
+    let mut sender = Sender {
+        upstream,
+        backoff: BACKOFF_FIRST,
+        outage: None,
+        drops_logged: 0,
+        drops_logged_at: None,
+    };
     loop {
-        let stream = match connect(&upstream.addr) {
-            Ok(stream) => stream,
-            Err(e) => {
-                failures += 1;
-                if down_since.is_none() {
+        sender.note_drops();
+        match connect(&upstream.addr) {
+            Ok(stream) => {
+                if let Some((since, failures)) = sender.outage.take() {
+                    info!(
+                        "forwarding to {} resumed after {:.1} s ({failures} failed attempts)",
+                        upstream.addr,
+                        since.elapsed().as_secs_f64()
+                    );
+                }
+                let connected = Instant::now();
+                let error = send(&mut sender, stream);
+                if connected.elapsed() >= HEALTHY {
+                    sender.backoff = BACKOFF_FIRST;
+                }
+                warn!(
+                    "forwarding to {} interrupted: {error}; reconnecting, and resending from the \
+                     last safe point",
+                    upstream.addr
+                );
+                sender.outage = Some((Instant::now(), 0));
+            }
+            Err(e) => match &mut sender.outage {
+                Some((_, failures)) => *failures += 1,
+                None => {
                     warn!(
-                        "forwarding to {} stopped: {e}; retrying with backoff up to {BACKOFF_MOST:?}",
+                        "forwarding to {} stopped: {e}; retrying with backoff up to \
+                         {BACKOFF_MOST:?}",
                         upstream.addr
                     );
-                    down_since = Some((Instant::now(), e.to_string()));
+                    sender.outage = Some((Instant::now(), 1));
                 }
-                thread::sleep(backoff);
-                backoff = (backoff * 2).min(BACKOFF_MOST);
-                continue;
-            }
-        };
-        if let Some((since, _)) = down_since.take() {
-            info!(
-                "forwarding to {} resumed after {:.1} s ({failures} failed attempts)",
-                upstream.addr,
-                since.elapsed().as_secs_f64()
-            );
+            },
         }
-        failures = 0;
-        backoff = BACKOFF_FIRST;
-        let error = send(upstream, stream, &mut sent_most);
-        warn!(
-            "forwarding to {} interrupted: {error}; resending from the last safe point",
-            upstream.addr
-        );
-        down_since = Some((Instant::now(), error.to_string()));
+        thread::sleep(sender.backoff);
+        sender.backoff = (sender.backoff * 2).min(BACKOFF_MOST);
     }
 }
 
+/// Writes to the upstream: when the first of them ended and the bytes written on the
+/// connection before it; when the last ended, the position after it, and the bytes written on
+/// the connection up to then.
+#[derive(Debug, Clone, Copy)]
+struct Mark {
+    opened: Instant,
+    opened_at: u64,
+    when: Instant,
+    position: u64,
+    written: u64,
+}
+
 /// Sends until the connection fails; returns why.
-fn send(upstream: &Upstream, mut stream: TcpStream, sent_most: &mut u64) -> io::Error {
+fn send(sender: &mut Sender<'_>, mut stream: TcpStream) -> io::Error {
+    let upstream = sender.upstream;
     let mut position = upstream.resume_from();
-    // (when, position) after each write, oldest first: the resend window.
-    let mut marks: VecDeque<(Instant, u64)> = VecDeque::new();
     let mut safe = position;
+    // After each write, oldest first: the resend window.
+    let mut marks: VecDeque<Mark> = VecDeque::new();
+    let mut written = 0u64;
     let mut saved = Instant::now();
-    // When a write last went through at once: the upstream was reading then.
-    let mut reading_at: Option<Instant> = None;
     let mut buf = Vec::with_capacity(WRITE_BYTES);
     loop {
         buf.clear();
-        let lines = match upstream.read(position, WRITE_BYTES, Duration::from_millis(200), &mut buf)
-        {
-            Ok(lines) => lines,
+        let next = match upstream.read(position, WRITE_BYTES, IDLE_CHECK, &mut buf) {
+            Ok(next) => next,
             Err(e) => return e,
         };
-        if !buf.is_empty() {
-            let started = Instant::now();
-            if let Err(e) = stream.write_all(&buf) {
+        let now = Instant::now();
+        if buf.is_empty() {
+            // Nothing to send: make sure the upstream is still there, so what went out last
+            // is resent soon if it closed, rather than at the next write.
+            if let Err(e) = check_open(&stream) {
                 return e;
             }
-            if started.elapsed() < QUICK_WRITE {
-                reading_at = Some(Instant::now());
+        } else {
+            if let Err(e) = stream.write_all(&buf) {
+                return match e.kind() {
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("the upstream read nothing for {WRITE_TIMEOUT:?}"),
+                    ),
+                    _ => e,
+                };
             }
-            let end = position + buf.len() as u64;
-            // Lines sent before (a resend after a reconnect) are not new.
-            let new_lines = if end > *sent_most {
-                if position >= *sent_most {
-                    lines
-                } else {
-                    let fresh = &buf[(*sent_most - position) as usize..];
-                    fresh.iter().filter(|&&b| b == b'\n').count() as u64
+            written += buf.len() as u64;
+            let when = Instant::now();
+            let full = marks.len() >= MARKS_MOST;
+            match marks.back_mut() {
+                // Taken into the last mark, which so becomes safe later: never too early.
+                Some(last)
+                    if full
+                        || (when.duration_since(last.opened) < MARK_EVERY
+                            && written - last.opened_at < MARK_BYTES) =>
+                {
+                    last.when = when;
+                    last.position = next;
+                    last.written = written;
                 }
-            } else {
-                0
-            };
-            *sent_most = (*sent_most).max(end);
-            position = end;
-            marks.push_back((Instant::now(), position));
-            upstream.advance(position, safe, new_lines);
+                _ => marks.push_back(Mark {
+                    opened: when,
+                    opened_at: written - buf.len() as u64,
+                    when,
+                    position: next,
+                    written,
+                }),
+            }
         }
-        // Safe: written at least the resend window ago, and since then either more than the
-        // socket buffers hold was written after it, or the upstream was seen reading after the
-        // window had passed.
-        let now = Instant::now();
-        while let Some(&(when, at)) = marks.front() {
-            let old = now.duration_since(when) >= RESEND_WINDOW;
-            let drained = position - at >= RESEND_BYTES
-                || reading_at.is_some_and(|t| t.duration_since(when) >= RESEND_WINDOW);
-            if old && drained {
-                safe = at;
+        // Safe: written at least the resend window ago, with more than the socket buffers
+        // hold written after it on this connection.
+        while let Some(mark) = marks.front() {
+            if now.duration_since(mark.when) >= RESEND_WINDOW
+                && written - mark.written >= RESEND_BYTES
+            {
+                safe = mark.position;
                 marks.pop_front();
             } else {
                 break;
             }
         }
-        if buf.is_empty() {
-            upstream.advance(position, safe, 0);
-        }
+        upstream.advance(position, &buf, next, safe);
+        position = next;
+        sender.note_drops();
         if now.duration_since(saved) >= SAVE_EVERY {
             saved = now;
             upstream.save();
         }
     }
+}
+
+/// Fails when the upstream has closed or reset the connection. A Graphite upstream sends
+/// nothing, so anything it does send is read and discarded.
+fn check_open(mut stream: &TcpStream) -> io::Result<()> {
+    stream.set_nonblocking(true)?;
+    let mut scratch = [0u8; 4096];
+    let mut result = Ok(());
+    // Bounded: an upstream that talks without end is checked again next time.
+    for _ in 0..16 {
+        match stream.read(&mut scratch) {
+            Ok(0) => {
+                result = Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the upstream closed the connection",
+                ));
+                break;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+    }
+    stream.set_nonblocking(false)?;
+    result
 }
 
 fn connect(addr: &str) -> io::Result<TcpStream> {
@@ -520,10 +751,59 @@ mod tests {
         let queue = MemoryQueue::new(4);
         assert_eq!(queue.push(b"a 1.0 1\nb 1.0 1\n", 2), 0);
         assert_eq!(queue.push(b"c 1.0 1\nd 1.0 1\n", 2), 0);
-        assert_eq!(queue.push(b"e 1.0 1\n", 1), 2);
+        assert_eq!(queue.push(b"e 1.0 1\n", 1), 1);
         let mut out = Vec::new();
-        assert_eq!(queue.read(0, 1 << 20, Duration::ZERO, &mut out), 3);
-        assert_eq!(out, b"c 1.0 1\nd 1.0 1\ne 1.0 1\n");
+        assert_eq!(queue.read(0, 1 << 20, Duration::ZERO, &mut out), 40);
+        assert_eq!(out, b"b 1.0 1\nc 1.0 1\nd 1.0 1\ne 1.0 1\n");
+        assert_eq!(queue.advance(40, 0), 4);
+        assert_eq!(lock(&queue.state).unsent_lines, 0);
+    }
+
+    #[test]
+    fn a_batch_larger_than_the_bound_keeps_its_newest_points() {
+        let queue = MemoryQueue::new(2);
+        assert_eq!(queue.push(b"a 1.0 1\n", 1), 0);
+        assert_eq!(queue.push(b"b 1.0 1\nc 1.0 1\nd 1.0 1\n", 3), 2);
+        let mut out = Vec::new();
+        assert_eq!(queue.read(0, 1 << 20, Duration::ZERO, &mut out), 32);
+        assert_eq!(out, b"c 1.0 1\nd 1.0 1\n");
+        assert_eq!(queue.advance(32, 0), 2);
+        assert_eq!(lock(&queue.state).dropped, 2);
+    }
+
+    #[test]
+    fn points_being_written_are_never_dropped_and_are_counted_once() {
+        let queue = MemoryQueue::new(1);
+        queue.push(b"a 1.0 1\n", 1);
+        let mut out = Vec::new();
+        // The sender has taken `a` and is writing it when `b` and `c` come: the bound is on
+        // points waiting, so `b` is dropped for `c`, and `a` is not touched.
+        assert_eq!(queue.read(0, 1 << 20, Duration::ZERO, &mut out), 8);
+        assert_eq!(queue.push(b"b 1.0 1\n", 1), 0);
+        assert_eq!(queue.push(b"c 1.0 1\n", 1), 1);
+        assert_eq!(lock(&queue.state).unsent_lines, 2);
+        assert_eq!(queue.advance(8, 0), 1);
+        out.clear();
+        // `b` was dropped: the sender skips its bytes and sends `c`.
+        assert_eq!(queue.read(8, 1 << 20, Duration::ZERO, &mut out), 24);
+        assert_eq!(out, b"c 1.0 1\n");
+        assert_eq!(queue.advance(24, 0), 1);
+        // A resend from the start after a reconnect sends both again, as not new.
+        out.clear();
+        assert_eq!(queue.read(0, 1 << 20, Duration::ZERO, &mut out), 24);
+        assert_eq!(out, b"a 1.0 1\nc 1.0 1\n");
+        assert_eq!(queue.advance(24, 0), 0);
+        let state = lock(&queue.state);
+        assert_eq!((state.unsent_lines, state.dropped), (0, 1));
+    }
+
+    #[test]
+    fn a_sender_past_only_dropped_points_moves_to_the_end() {
+        let queue = MemoryQueue::new(0);
+        assert_eq!(queue.push(b"a 1.0 1\n", 1), 1);
+        let mut out = Vec::new();
+        assert_eq!(queue.read(0, 1 << 20, Duration::ZERO, &mut out), 8);
+        assert!(out.is_empty());
     }
 
     #[test]
@@ -531,14 +811,90 @@ mod tests {
         let queue = MemoryQueue::new(100);
         queue.push(b"a 1.0 1\n", 1);
         queue.push(b"b 1.0 1\n", 1);
+        let mut out = Vec::new();
+        queue.read(0, 1 << 20, Duration::ZERO, &mut out);
         queue.advance(16, 0);
         assert_eq!(lock(&queue.state).unsent_lines, 0);
-        let mut out = Vec::new();
+        out.clear();
         queue.read(queue.resume_from(), 1 << 20, Duration::ZERO, &mut out);
         assert_eq!(out, b"a 1.0 1\nb 1.0 1\n");
         queue.advance(16, 8);
         out.clear();
         queue.read(queue.resume_from(), 1 << 20, Duration::ZERO, &mut out);
         assert_eq!(out, b"b 1.0 1\n");
+    }
+
+    fn test_dir(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("metrics-forward-{}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn append(journal: &Journal, lines: std::ops::Range<i64>) {
+        let mut appender = journal.appender();
+        for i in lines {
+            appender.push("m", i as f64, i);
+        }
+        journal.commit(appender.finish()).unwrap();
+    }
+
+    fn read_all(upstream: &Upstream, from: u64) -> String {
+        let mut out = Vec::new();
+        upstream
+            .read(from, 1 << 20, Duration::ZERO, &mut out)
+            .unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    fn expected(lines: std::ops::Range<i64>) -> String {
+        lines.map(|i| format!("m {i}.0 {i}\n")).collect()
+    }
+
+    #[test]
+    fn a_forwarder_behind_a_compaction_and_a_restart_resumes_at_its_place() {
+        let dir = test_dir("compaction");
+        let path = dir.join("data.txt");
+        let (_, journal, _) = Journal::open(&path, crate::journal::Fsync::No, i64::MIN).unwrap();
+        let journal = Arc::new(journal);
+        append(&journal, 0..100);
+        let upstream = Upstream::from_file("127.0.0.1:1", Arc::clone(&journal), Arc::default());
+        assert_eq!(upstream.pending(), 100);
+        // Sent up to line 40, of which up to line 30 is safe.
+        let (sent, safe) = (expected(0..40), expected(0..30).len() as u64);
+        upstream.advance(0, sent.as_bytes(), sent.len() as u64, safe);
+        assert_eq!(upstream.pending(), 60);
+        // A compaction, with the tail kept from the safe point.
+        let at = journal.position();
+        let keep_from = upstream.keep_from().unwrap();
+        let mut snapshot = Some(b"m 99.0 99\n".to_vec());
+        journal
+            .compact(at, keep_from, |out| match snapshot.take() {
+                Some(lines) => {
+                    out.extend_from_slice(&lines);
+                    1
+                }
+                None => 0,
+            })
+            .unwrap();
+        upstream.save();
+        append(&journal, 100..110);
+        assert_eq!(
+            read_all(&upstream, upstream.resume_from()),
+            expected(30..110)
+        );
+        assert_eq!(upstream.pending(), 70);
+        // A restart finds the same place in the new file.
+        drop(upstream);
+        drop(journal);
+        let (_, journal, _) = Journal::open(&path, crate::journal::Fsync::No, i64::MIN).unwrap();
+        let upstream = Upstream::from_file("127.0.0.1:1", Arc::new(journal), Arc::default());
+        assert_eq!(
+            read_all(&upstream, upstream.resume_from()),
+            expected(30..110)
+        );
+        assert_eq!(upstream.pending(), 80);
+        let _ = fs::remove_dir_all(dir);
     }
 }

@@ -477,21 +477,23 @@ pub fn write_point(out: &mut Vec<u8>, metric: &str, value: f64, timestamp: i64) 
 
 /// Appends the decimal text of `n`.
 pub fn write_i64(out: &mut Vec<u8>, n: i64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    let mut rest = n.unsigned_abs();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
     if n < 0 {
         out.push(b'-');
     }
-    out.extend_from_slice(&digits[at..]);
+    out.extend_from_slice(digits(n.unsigned_abs(), &mut [0; 20]));
+}
+
+/// The decimal digits of `n`, written into the end of `buf`.
+pub fn digits(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[at..];
+        }
+    }
 }
 
 /// Appends `value` as Python's `repr(float)` prints it: the shortest digits that read back to the

@@ -113,27 +113,30 @@ fn a_replaced_data_file_is_rewritten_from_memory() {
     assert_eq!(server.dump(), "a 1.0 1\nb 2.0 2\n");
 }
 
+/// Sends `request(0)`, `request(1)`, ... one at a time until one is refused with the memory
+/// limit's reply; returns its number.
+fn put_until_refused(s: &mut TcpStream, request: impl Fn(usize) -> String) -> usize {
+    for i in 0..1_000_000 {
+        s.write_all(request(i).as_bytes()).unwrap();
+        let mut status = [0u8; 3];
+        s.read_exact(&mut status).unwrap();
+        if &status == b"ok\n" {
+            expect(s, b"\n");
+        } else {
+            assert_eq!(&status, b"err");
+            expect(s, b"or\nmemory limit reached\n\n");
+            return i;
+        }
+    }
+    panic!("the memory limit was never reached");
+}
+
 #[test]
 fn the_memory_limit_refuses_puts_and_the_server_keeps_serving() {
     let server = TestServer::start_with(&["--max-memory", "300K"]);
     let mut s = server.connect();
     exchange(&mut s, b"put first 1 1\n", OK);
-    let mut refused_at = None;
-    for i in 0..100_000 {
-        s.write_all(format!("put name.{i} 1 1\n").as_bytes())
-            .unwrap();
-        let mut status = [0u8; 3];
-        s.read_exact(&mut status).unwrap();
-        if &status == b"ok\n" {
-            expect(&mut s, b"\n");
-        } else {
-            assert_eq!(&status, b"err");
-            expect(&mut s, b"or\nmemory limit reached\n\n");
-            refused_at = Some(i);
-            break;
-        }
-    }
-    let refused_at = refused_at.expect("the limit is reached");
+    let refused_at = put_until_refused(&mut s, |i| format!("put name.{i} 1 1\n"));
     assert!(refused_at > 100, "{refused_at}");
     // Overwrites and reads go on; new points do not.
     exchange(&mut s, b"put first 5 1\n", OK);
@@ -152,20 +155,7 @@ fn retention_frees_memory_and_puts_are_accepted_again() {
     let server = TestServer::start_with(&["--max-memory", "200K", "--retention", "1s"]);
     let mut s = server.connect();
     // Old points: hidden at once and freed by the next sweep.
-    let mut i = 0;
-    loop {
-        s.write_all(format!("put old.{i} 1 1000\n").as_bytes())
-            .unwrap();
-        let mut status = [0u8; 3];
-        s.read_exact(&mut status).unwrap();
-        if &status == b"ok\n" {
-            expect(&mut s, b"\n");
-        } else {
-            expect(&mut s, b"or\nmemory limit reached\n\n");
-            break;
-        }
-        i += 1;
-    }
+    put_until_refused(&mut s, |i| format!("put old.{i} 1 1000\n"));
     assert!(server.wait_for_log("retention: removed", 1));
     let now = metrics::defaults::now();
     exchange(&mut s, format!("put new 1 {now}\n").as_bytes(), OK);
