@@ -679,3 +679,20 @@ fn stats_exits_1_on_an_error_reply() {
         .stderr("metrics: server replied with an error: wrong command\n");
     assert_eq!(fake.join().unwrap(), "stats\n");
 }
+
+#[test]
+fn server_flags_that_cannot_work_are_usage_errors() {
+    for args in [
+        &["server", "0", "--forward", "127.0.0.1:2003", "--forward", "127.0.0.1:2003"][..],
+        &["server", "0", "--forward", "127.0.0.1"],
+        &["server", "0", "--forward-buffer", "0"],
+        &["server", "0", "--max-memory", "lots"],
+        &["server", "0", "--self-metrics", "x"],
+    ] {
+        metrics()
+            .args(args)
+            .assert()
+            .code(2)
+            .stderr(predicates::str::starts_with("metrics: "));
+    }
+}
