@@ -13,6 +13,7 @@ use crate::bulk;
 use crate::client::{self, Client};
 use crate::defaults::{self, ADDR_ENV};
 use crate::journal::Fsync;
+use crate::log::chain;
 use crate::plot;
 use crate::protocol::{self, RequestError};
 use crate::server::{Config, Server};
@@ -1041,22 +1042,6 @@ fn say(text: &str) {
 fn usage_failure(e: &UsageError) -> ExitCode {
     say(&format!("metrics: {e}\n{}\n", e.topic.usage()));
     ExitCode::from(2)
-}
-
-/// An error and its sources, joined with `": "`: each error's `Display` says only its own part.
-pub fn chain(error: &dyn Error) -> String {
-    let mut text = error.to_string();
-    let mut next = error.source();
-    while let Some(source) = next {
-        let part = source.to_string();
-        // An error from elsewhere that prints its source itself would repeat it.
-        if !text.ends_with(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        next = source.source();
-    }
-    text
 }
 
 fn failure(error: &dyn Error) -> ExitCode {

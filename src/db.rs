@@ -11,6 +11,7 @@
 use crate::defaults;
 use crate::forward::{Totals, Upstream};
 use crate::journal::{CompactReport, Fsync, Journal, JournalError, Position, WriteError};
+use crate::log;
 use crate::protocol::{self, Request, RequestError, Selector};
 use crate::store::{MemoryFull, SeriesSnapshot, Store};
 use crate::{error, info, warn};
@@ -266,11 +267,15 @@ impl Db {
             // The journal's ordering rule: the lines are appended before the lock goes. The
             // same holds for the forward queues: upstreams see puts in the store's order.
             if !forward.is_empty() {
-                for upstream in &self.upstreams {
-                    if let Some(queue) = upstream.queue() {
-                        let dropped = queue.push(&forward, puts);
-                        applied.forward_dropped += dropped;
-                    }
+                let queues: Vec<_> = self.upstreams.iter().filter_map(|u| u.queue()).collect();
+                for (i, queue) in queues.iter().enumerate() {
+                    // The last upstream takes the batch itself; the others a copy.
+                    let bytes = if i + 1 == queues.len() {
+                        std::mem::take(&mut forward)
+                    } else {
+                        forward.clone()
+                    };
+                    applied.forward_dropped += queue.push(bytes, puts);
                 }
             }
             appender.map(|appender| appender.finish())
@@ -483,7 +488,10 @@ impl Db {
                     Maintenance::COMPACT_RETRY
                 };
                 state.compact_after = now + retry;
-                error!("compaction failed, next try in {retry:?}: {e}");
+                error!(
+                    "compaction failed, next try in {retry:?}: {}",
+                    log::chain(&e)
+                );
             }
         }
     }

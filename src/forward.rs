@@ -347,7 +347,7 @@ impl MemoryQueue {
     /// Adds a batch of `lines` point lines. Never waits for the sender. Returns how many
     /// points were dropped to stay within the bound: the oldest unsent ones, line by line, so
     /// the newest `bound` are kept whatever the batches' sizes.
-    pub fn push(&self, bytes: &[u8], lines: u64) -> u64 {
+    pub fn push(&self, bytes: Vec<u8>, lines: u64) -> u64 {
         let mut state = lock(&self.state);
         let start = state.end;
         state.end += bytes.len() as u64;
@@ -355,7 +355,7 @@ impl MemoryQueue {
         state.waiting_lines += lines;
         state.batches.push_back(Batch {
             start,
-            bytes: bytes.to_vec(),
+            bytes,
             lines,
         });
         let mut dropped = 0;
@@ -749,9 +749,9 @@ mod tests {
     #[test]
     fn the_memory_queue_drops_the_oldest_unsent_points_past_its_bound() {
         let queue = MemoryQueue::new(4);
-        assert_eq!(queue.push(b"a 1.0 1\nb 1.0 1\n", 2), 0);
-        assert_eq!(queue.push(b"c 1.0 1\nd 1.0 1\n", 2), 0);
-        assert_eq!(queue.push(b"e 1.0 1\n", 1), 1);
+        assert_eq!(queue.push(b"a 1.0 1\nb 1.0 1\n".to_vec(), 2), 0);
+        assert_eq!(queue.push(b"c 1.0 1\nd 1.0 1\n".to_vec(), 2), 0);
+        assert_eq!(queue.push(b"e 1.0 1\n".to_vec(), 1), 1);
         let mut out = Vec::new();
         assert_eq!(queue.read(0, 1 << 20, Duration::ZERO, &mut out), 40);
         assert_eq!(out, b"b 1.0 1\nc 1.0 1\nd 1.0 1\ne 1.0 1\n");
@@ -762,8 +762,8 @@ mod tests {
     #[test]
     fn a_batch_larger_than_the_bound_keeps_its_newest_points() {
         let queue = MemoryQueue::new(2);
-        assert_eq!(queue.push(b"a 1.0 1\n", 1), 0);
-        assert_eq!(queue.push(b"b 1.0 1\nc 1.0 1\nd 1.0 1\n", 3), 2);
+        assert_eq!(queue.push(b"a 1.0 1\n".to_vec(), 1), 0);
+        assert_eq!(queue.push(b"b 1.0 1\nc 1.0 1\nd 1.0 1\n".to_vec(), 3), 2);
         let mut out = Vec::new();
         assert_eq!(queue.read(0, 1 << 20, Duration::ZERO, &mut out), 32);
         assert_eq!(out, b"c 1.0 1\nd 1.0 1\n");
@@ -774,13 +774,13 @@ mod tests {
     #[test]
     fn points_being_written_are_never_dropped_and_are_counted_once() {
         let queue = MemoryQueue::new(1);
-        queue.push(b"a 1.0 1\n", 1);
+        queue.push(b"a 1.0 1\n".to_vec(), 1);
         let mut out = Vec::new();
         // The sender has taken `a` and is writing it when `b` and `c` come: the bound is on
         // points waiting, so `b` is dropped for `c`, and `a` is not touched.
         assert_eq!(queue.read(0, 1 << 20, Duration::ZERO, &mut out), 8);
-        assert_eq!(queue.push(b"b 1.0 1\n", 1), 0);
-        assert_eq!(queue.push(b"c 1.0 1\n", 1), 1);
+        assert_eq!(queue.push(b"b 1.0 1\n".to_vec(), 1), 0);
+        assert_eq!(queue.push(b"c 1.0 1\n".to_vec(), 1), 1);
         assert_eq!(lock(&queue.state).unsent_lines, 2);
         assert_eq!(queue.advance(8, 0), 1);
         out.clear();
@@ -800,7 +800,7 @@ mod tests {
     #[test]
     fn a_sender_past_only_dropped_points_moves_to_the_end() {
         let queue = MemoryQueue::new(0);
-        assert_eq!(queue.push(b"a 1.0 1\n", 1), 1);
+        assert_eq!(queue.push(b"a 1.0 1\n".to_vec(), 1), 1);
         let mut out = Vec::new();
         assert_eq!(queue.read(0, 1 << 20, Duration::ZERO, &mut out), 8);
         assert!(out.is_empty());
@@ -809,8 +809,8 @@ mod tests {
     #[test]
     fn the_memory_queue_keeps_what_is_not_yet_safe_for_a_resend() {
         let queue = MemoryQueue::new(100);
-        queue.push(b"a 1.0 1\n", 1);
-        queue.push(b"b 1.0 1\n", 1);
+        queue.push(b"a 1.0 1\n".to_vec(), 1);
+        queue.push(b"b 1.0 1\n".to_vec(), 1);
         let mut out = Vec::new();
         queue.read(0, 1 << 20, Duration::ZERO, &mut out);
         queue.advance(16, 0);

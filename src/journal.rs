@@ -82,11 +82,10 @@ pub enum JournalError {
 impl fmt::Display for JournalError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            JournalError::Io {
-                path,
-                action,
-                source,
-            } => write!(f, "cannot {action} {}: {source}", path.display()),
+            // The OS error is the `source()`: print the chain (`log::chain`) to see it.
+            JournalError::Io { path, action, .. } => {
+                write!(f, "cannot {action} {}", path.display())
+            }
             JournalError::Corrupt {
                 path,
                 line,
@@ -991,9 +990,7 @@ mod tests {
         let (store, journal, _) = Journal::open(&path, Fsync::No, i64::MIN).unwrap();
         let refused = Journal::open(&path, Fsync::No, i64::MIN).unwrap_err();
         assert!(
-            refused
-                .to_string()
-                .ends_with("another metrics server is using it"),
+            crate::log::chain(&refused).ends_with("another metrics server is using it"),
             "{refused}"
         );
         journal

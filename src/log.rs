@@ -194,6 +194,22 @@ pub fn flush() {
     let _ = written.recv_timeout(deadline.saturating_duration_since(Instant::now()));
 }
 
+/// An error and its sources, joined with `": "`: each error's `Display` says only its own part.
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut next = error.source();
+    while let Some(source) = next {
+        let part = source.to_string();
+        // An error from elsewhere that prints its source itself would repeat it.
+        if !text.ends_with(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        next = source.source();
+    }
+    text
+}
+
 /// ` (N similar lines suppressed)` after a line that a [`RateLimit`] let through, or nothing.
 pub fn suppressed_note(suppressed: u64) -> String {
     if suppressed == 0 {

@@ -1,6 +1,6 @@
 //! The server: the listener, admission (the connection cap and its slot guard), one thread per
 //! connection, and the maintenance thread. What a connection does lives in
-//! [`connection`](crate::connection); the shared state it reaches, in [`db`](crate::db).
+//! `connection`; the shared state it reaches, in `db`.
 //!
 //! Everything a client controls is bounded: line length, connection count, idle time, time spent
 //! blocked writing to a client that does not read, and log lines per connection.
@@ -105,16 +105,17 @@ pub enum ServerError {
     },
     /// The data file could not be loaded; it is left as it was.
     Data(JournalError),
-    /// The background thread (syncs, retention, compaction) could not start.
+    /// A background thread (maintenance, a forwarder) could not start.
     Spawn(io::Error),
 }
 
 impl fmt::Display for ServerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ServerError::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
+            ServerError::Bind { addr, .. } => write!(f, "cannot listen on {addr}"),
+            // Transparent: the data file's error says it all.
             ServerError::Data(e) => e.fmt(f),
-            ServerError::Spawn(e) => write!(f, "cannot start the maintenance thread: {e}"),
+            ServerError::Spawn(_) => f.write_str("cannot start a background thread"),
         }
     }
 }
@@ -123,7 +124,7 @@ impl std::error::Error for ServerError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             ServerError::Bind { source, .. } | ServerError::Spawn(source) => Some(source),
-            ServerError::Data(e) => Some(e),
+            ServerError::Data(e) => e.source(),
         }
     }
 }

@@ -683,7 +683,14 @@ fn stats_exits_1_on_an_error_reply() {
 #[test]
 fn server_flags_that_cannot_work_are_usage_errors() {
     for args in [
-        &["server", "0", "--forward", "127.0.0.1:2003", "--forward", "127.0.0.1:2003"][..],
+        &[
+            "server",
+            "0",
+            "--forward",
+            "127.0.0.1:2003",
+            "--forward",
+            "127.0.0.1:2003",
+        ][..],
         &["server", "0", "--forward", "127.0.0.1"],
         &["server", "0", "--forward-buffer", "0"],
         &["server", "0", "--max-memory", "lots"],
