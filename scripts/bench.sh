@@ -270,6 +270,11 @@ for kind in "${KINDS[@]}"; do
     start_server "gen-$kind-$side"
     rss0=$(rss_kib "$PID")
     "$BIN" put --addr "$ADDR" - <"$file"
+    # Once the load's last blocks are encoded (within a tick), before quiet series are merged
+    # (two seconds after their last put).
+    sleep 1
+    rss_load=$(rss_kib "$PID")
+    BPP[$side,$kind-load]=$(awk -v a="$rss0" -v b="$rss_load" -v n="$lines" 'BEGIN {printf "%.2f", (b - a) * 1024 / n}')
     settle "$PID"
     rss1=$(rss_kib "$PID")
     BPP[$side,$kind]=$(awk -v a="$rss0" -v b="$rss1" -v n="$lines" 'BEGIN {printf "%.2f", (b - a) * 1024 / n}')
@@ -508,7 +513,10 @@ before_after "get * of $STORE_N points (1000 metrics), lines/s" GET_ALL rate
 before_after "get of one metric with $ONE_N points, lines/s" GET_ONE rate
 before_after "bytes per point at $STORE_N bench points (1000 metrics)" BPP bench
 for kind in "${KINDS[@]}"; do
-  before_after "bytes per point, gen_data.py --kind $kind, $GEN_N points / $GEN_SERIES series" BPP "$kind"
+  before_after "bytes per point, gen_data.py --kind $kind, $GEN_N points / $GEN_SERIES series, 1 s after the load" BPP "$kind-load"
+done
+for kind in "${KINDS[@]}"; do
+  before_after "the same, $kind, once the server is idle" BPP "$kind"
 done
 for kind in "${KINDS[@]}"; do
   before_after "the same, $kind, as the store accounts it (stats metrics.memory_bytes / points)" BPP "$kind-accounted"

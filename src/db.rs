@@ -33,7 +33,7 @@ pub(crate) const STEP_POINTS: usize = 8192;
 /// Raw blocks encoded per lock acquisition by the maintenance thread.
 const ENCODE_BLOCKS: usize = 256;
 /// Series one retention step visits.
-const SWEEP_SERIES: usize = 1000;
+const SWEEP_SERIES: usize = 256;
 /// One settle step visits at most this many series and re-encodes about this many points
 /// (about a millisecond's work under the lock).
 const SETTLE_SERIES: usize = 1000;
