@@ -13,7 +13,7 @@ use crate::forward::{Totals, Upstream};
 use crate::journal::{CompactReport, Fsync, Journal, JournalError, Position, WriteError};
 use crate::log;
 use crate::protocol::{self, Request, RequestError, Selector};
-use crate::store::{self, MemoryFull, SeriesSnapshot, Store};
+use crate::store::{MemoryFull, SeriesSnapshot, Store};
 use crate::{error, info, warn};
 use std::ops::RangeInclusive;
 use std::path::Path;
@@ -30,8 +30,6 @@ pub(crate) const MEMORY_LIMIT_REACHED: &str = "memory limit reached";
 /// many points (whole blocks count in full) or series. It bounds both the time the lock is
 /// held and what a reader that stops reading keeps alive.
 pub(crate) const STEP_POINTS: usize = 8192;
-/// Raw blocks encoded per lock acquisition by the maintenance thread.
-const ENCODE_BLOCKS: usize = 256;
 /// Series one retention step visits.
 const SWEEP_SERIES: usize = 256;
 /// One settle step visits at most this many series and re-encodes about this many points
@@ -427,7 +425,6 @@ impl Db {
     pub fn maintain(&self, state: &mut Maintenance) {
         let now = Instant::now();
         let second = Duration::from_secs(1);
-        self.encode_raw();
         self.settle(state);
         if let Some(journal) = self.journal() {
             let check = now.duration_since(state.checked) >= second;
@@ -495,23 +492,6 @@ impl Db {
                     "compaction failed, next try in {retry:?}: {}",
                     log::chain(&e)
                 );
-            }
-        }
-    }
-
-    /// Encodes the blocks heads sealed since the last tick, outside the lock: the lock is taken
-    /// only to share them out and to put the encoded blocks in.
-    fn encode_raw(&self) {
-        let started = Instant::now();
-        loop {
-            let raw = self.lock().take_raw(ENCODE_BLOCKS);
-            if raw.is_empty() {
-                return;
-            }
-            let encoded = store::encode(raw);
-            self.lock().install(encoded);
-            if started.elapsed() >= Maintenance::TICK {
-                return;
             }
         }
     }

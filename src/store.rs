@@ -46,89 +46,11 @@ const SHARDS: usize = 64;
 /// What one series costs besides its points: the slab slot, the name's allocation header,
 /// the B-tree and index entries (estimated from their layouts).
 const SERIES_BYTES: usize = size_of::<Option<Series>>() + 16 + 32 + 24;
-/// What one block costs besides its heap bytes: its place in the series' list.
+/// What one block costs besides [`Block::heap_bytes`]: its place in the series' list.
 const BLOCK_BYTES: usize = size_of::<Sealed>();
 
-/// A sealed block, shared with snapshots (cloning it only counts a reference): compressed, or
-/// still raw. A head seals into a raw block, which costs the writer a copy; the maintenance
-/// thread encodes raw blocks outside the lock ([`Store::take_raw`], [`Store::install`]), so
-/// encoding neither slows ingestion nor holds the lock.
-#[derive(Debug, Clone)]
-enum Sealed {
-    Raw(Arc<[(i64, f64)]>),
-    Packed(Block),
-}
-
-impl Sealed {
-    fn len(&self) -> usize {
-        match self {
-            Sealed::Raw(points) => points.len(),
-            Sealed::Packed(block) => block.len(),
-        }
-    }
-
-    fn first(&self) -> i64 {
-        match self {
-            Sealed::Raw(points) => points.first().map_or(0, |p| p.0),
-            Sealed::Packed(block) => block.first(),
-        }
-    }
-
-    fn last(&self) -> i64 {
-        match self {
-            Sealed::Raw(points) => points.last().map_or(0, |p| p.0),
-            Sealed::Packed(block) => block.last(),
-        }
-    }
-
-    /// Heap bytes, counters included, plus the block's place in its list.
-    fn bytes(&self) -> usize {
-        BLOCK_BYTES
-            + match self {
-                Sealed::Raw(points) => 2 * size_of::<usize>() + size_of_val(&**points),
-                Sealed::Packed(block) => block.heap_bytes(),
-            }
-    }
-
-    fn iter(&self) -> SealedIter<'_> {
-        match self {
-            Sealed::Raw(points) => SealedIter::Raw(points.iter()),
-            Sealed::Packed(block) => SealedIter::Packed(block.iter()),
-        }
-    }
-
-    fn decode_into(&self, out: &mut Vec<(i64, f64)>) {
-        match self {
-            Sealed::Raw(points) => out.extend_from_slice(points),
-            Sealed::Packed(block) => block.decode_into(out),
-        }
-    }
-}
-
-#[expect(
-    clippy::large_enum_variant,
-    reason = "one lives on the stack per block read; boxing it would allocate per block"
-)]
-enum SealedIter<'a> {
-    Raw(std::slice::Iter<'a, (i64, f64)>),
-    Packed(crate::codec::BlockIter<'a>),
-}
-
-impl Iterator for SealedIter<'_> {
-    type Item = (i64, f64);
-
-    fn next(&mut self) -> Option<(i64, f64)> {
-        match self {
-            SealedIter::Raw(points) => points.next().copied(),
-            SealedIter::Packed(block) => block.next(),
-        }
-    }
-}
-
-/// Raw blocks taken to be encoded outside the lock: the series' slot and the block.
-pub type RawBlocks = Vec<(u32, Arc<[(i64, f64)]>)>;
-/// The same, encoded, to [`install`](Store::install).
-pub type Encoded = Vec<(u32, Arc<[(i64, f64)]>, Block)>;
+/// A block, shared with snapshots (cloning it only counts a reference).
+type Sealed = Block;
 
 /// All metrics. See the module docs.
 #[derive(Debug, Default)]
@@ -151,8 +73,6 @@ pub struct Store {
     epoch: u32,
     /// Slots of series that have had late points since the last [`merge_late`](Store::merge_late).
     late_slots: Vec<u32>,
-    /// Slots of series that have sealed raw blocks since the last [`take_raw`](Store::take_raw).
-    raw_slots: Vec<u32>,
 }
 
 /// What a put into a head did.
@@ -261,64 +181,14 @@ impl Store {
         }
         let (before, len) = (series.bytes(), series.len);
         series.touched = self.epoch;
-        let (fresh, blocks) = (series.late.is_empty(), series.blocks.len());
+        let fresh = series.late.is_empty();
         series.insert(timestamp, value);
         if fresh && !series.late.is_empty() {
             self.late_slots.push(slot);
         }
-        if series.blocks.len() > blocks && !series.raw_listed {
-            series.raw_listed = true;
-            self.raw_slots.push(slot);
-        }
         self.memory = self.memory + series.bytes() - before;
         self.points = self.points + series.len - len;
         Ok(())
-    }
-
-    /// Takes (shares) up to `most` raw blocks to encode; the rest wait for the next call.
-    pub fn take_raw(&mut self, most: usize) -> RawBlocks {
-        let mut taken = Vec::new();
-        while taken.len() < most {
-            let Some(slot) = self.raw_slots.pop() else {
-                break;
-            };
-            let Some(series) = self.slots[slot as usize].as_mut() else {
-                continue;
-            };
-            series.raw_listed = false;
-            for block in &series.blocks {
-                if let Sealed::Raw(points) = block {
-                    taken.push((slot, Arc::clone(points)));
-                }
-            }
-        }
-        taken
-    }
-
-    /// Puts encoded blocks in place of the raw ones they were made from. A raw block that has
-    /// changed meanwhile (a late point merged into it, retention) is left as it is.
-    pub fn install(&mut self, encoded: Encoded) {
-        for (slot, raw, block) in encoded {
-            let Some(series) = self.slots[slot as usize].as_mut() else {
-                continue;
-            };
-            let found = series
-                .blocks
-                .iter()
-                .rposition(|b| matches!(b, Sealed::Raw(p) if Arc::ptr_eq(p, &raw)));
-            if let Some(at) = found {
-                let before = series.bytes();
-                series.replace_block(at, vec![Sealed::Packed(block)]);
-                self.memory = self.memory + series.bytes() - before;
-            }
-        }
-    }
-
-    /// Encodes every raw block now; for tests.
-    #[cfg(test)]
-    pub fn encode_raw(&mut self) {
-        let raw = self.take_raw(usize::MAX);
-        self.install(encode(raw));
     }
 
     /// Merges every series' late points into their blocks, so that [`points`](Store::points)
@@ -558,8 +428,6 @@ struct Series {
     /// they take precedence over a block's point at the same timestamp. Each counts in `len`
     /// until the merge finds it replaced one.
     late: Vec<(i64, f64)>,
-    /// Whether the store's list of series with raw blocks holds this one.
-    raw_listed: bool,
 }
 
 impl Series {
@@ -572,7 +440,6 @@ impl Series {
             block_bytes: 0,
             touched: 0,
             late: Vec::new(),
-            raw_listed: false,
         }
     }
 
@@ -706,10 +573,7 @@ impl Series {
                 (None, None) => break,
             }
         }
-        let blocks = merged
-            .chunks(SETTLED_POINTS)
-            .map(|chunk| Sealed::Packed(Block::encode(chunk)))
-            .collect();
+        let blocks = merged.chunks(SETTLED_POINTS).map(Block::encode).collect();
         self.replace_block(at, blocks);
         replaced
     }
@@ -740,17 +604,18 @@ impl Series {
 
     /// Moves the head's oldest points into a new block.
     fn seal(&mut self) {
-        let block = Sealed::Raw(Arc::from(&self.head[..BLOCK_POINTS]));
-        self.block_bytes += block.bytes();
+        let block = Block::encode(&self.head[..BLOCK_POINTS]);
+        self.block_bytes += block.heap_bytes() + BLOCK_BYTES;
         self.head.drain(..BLOCK_POINTS);
         self.blocks.push(block);
     }
 
     /// Puts `blocks` where block `at` was (none: it is removed).
-    fn replace_block(&mut self, at: usize, blocks: Vec<Sealed>) {
-        self.block_bytes -= self.blocks[at].bytes();
+    fn replace_block(&mut self, at: usize, blocks: Vec<Block>) {
+        let old = self.blocks[at].heap_bytes() + BLOCK_BYTES;
+        self.block_bytes -= old;
         for block in &blocks {
-            self.block_bytes += block.bytes();
+            self.block_bytes += block.heap_bytes() + BLOCK_BYTES;
         }
         self.blocks.splice(at..=at, blocks);
     }
@@ -784,7 +649,7 @@ impl Series {
             self.blocks[small..].iter().map(|b| b.len()).sum::<usize>() + self.head.len(),
         );
         for block in self.blocks.drain(small..) {
-            self.block_bytes -= block.bytes();
+            self.block_bytes -= block.heap_bytes() + BLOCK_BYTES;
             block.decode_into(&mut points);
         }
         if with_head {
@@ -792,8 +657,8 @@ impl Series {
             self.head = Vec::new();
         }
         for chunk in points.chunks(SETTLED_POINTS) {
-            let block = Sealed::Packed(Block::encode(chunk));
-            self.block_bytes += block.bytes();
+            let block = Block::encode(chunk);
+            self.block_bytes += block.heap_bytes() + BLOCK_BYTES;
             self.blocks.push(block);
         }
         self.blocks.shrink_to_fit();
@@ -808,7 +673,7 @@ impl Series {
         let mut removed = 0;
         for block in self.blocks.drain(..whole) {
             removed += block.len();
-            self.block_bytes -= block.bytes();
+            self.block_bytes -= block.heap_bytes() + BLOCK_BYTES;
         }
         if self.blocks.first().is_some_and(|b| b.first() < cutoff) {
             let mut points = Vec::with_capacity(self.blocks[0].len());
@@ -819,7 +684,7 @@ impl Series {
             let replaced = if rest.is_empty() {
                 Vec::new()
             } else {
-                vec![Sealed::Packed(Block::encode(rest))]
+                vec![Block::encode(rest)]
             };
             self.replace_block(0, replaced);
         }
@@ -863,16 +728,6 @@ impl Series {
             to,
         }
     }
-}
-
-/// Encodes raw blocks taken with [`Store::take_raw`]: the work done outside the lock.
-pub fn encode(raw: RawBlocks) -> Encoded {
-    raw.into_iter()
-        .map(|(slot, points)| {
-            let block = Block::encode(&points);
-            (slot, points, block)
-        })
-        .collect()
 }
 
 /// One metric's points in a time range, owned: taken under the lock, read after it.
@@ -1288,8 +1143,7 @@ mod tests {
                             model.insert(key, -1.0);
                         }
                     }
-                    95 => store.encode_raw(),
-                    96..=97 => {
+                    95..=97 => {
                         for _ in 0..30 {
                             store.tick();
                         }
@@ -1335,7 +1189,6 @@ mod tests {
             );
             put(&mut store, "far", 0.5, i64::MIN + i * (1 << 40));
         }
-        store.encode_raw();
         let per_point = store.memory_bytes() as f64 / store.points() as f64;
         assert!(per_point < 8.0, "{per_point:.2} bytes per point");
     }
