@@ -32,10 +32,6 @@ pub(crate) const MEMORY_LIMIT_REACHED: &str = "memory limit reached";
 pub(crate) const STEP_POINTS: usize = 8192;
 /// Series one retention step visits.
 const SWEEP_SERIES: usize = 256;
-/// One settle step visits at most this many series and re-encodes about this many points
-/// (about a millisecond's work under the lock).
-const SETTLE_SERIES: usize = 1000;
-const SETTLE_POINTS: usize = 16 * 1024;
 
 /// A reply decided under the lock and written after it is released.
 #[derive(Debug)]
@@ -425,7 +421,6 @@ impl Db {
     pub fn maintain(&self, state: &mut Maintenance) {
         let now = Instant::now();
         let second = Duration::from_secs(1);
-        self.settle(state);
         if let Some(journal) = self.journal() {
             let check = now.duration_since(state.checked) >= second;
             if journal.failure().is_some() && check {
@@ -492,25 +487,6 @@ impl Db {
                     "compaction failed, next try in {retry:?}: {}",
                     log::chain(&e)
                 );
-            }
-        }
-    }
-
-    /// Merges quiet series into large blocks ([`Store::settle_after`]), in steps that each hold
-    /// the lock for about a millisecond, for at most a third of a tick.
-    fn settle(&self, state: &mut Maintenance) {
-        let started = Instant::now();
-        self.lock().tick();
-        loop {
-            let cursor = state.settling.take();
-            let (_, next) = self.lock().settle_after(
-                cursor.as_deref(),
-                (Maintenance::QUIET_TICKS, Maintenance::IDLE_TICKS),
-                (SETTLE_SERIES, SETTLE_POINTS),
-            );
-            state.settling = next;
-            if state.settling.is_none() || started.elapsed() >= Maintenance::TICK / 3 {
-                return;
             }
         }
     }
@@ -633,8 +609,6 @@ pub(crate) struct Maintenance {
     recorded: Instant,
     /// A retention sweep under way: `Some(cursor)`, the cursor `None` at its start.
     sweeping: Option<Option<Arc<str>>>,
-    /// Where the pass over quiet series has got to.
-    settling: Option<Arc<str>>,
     swept_points: usize,
     /// After a failed compaction (a full disk, say), no new attempt before this.
     compact_after: Instant,
@@ -643,10 +617,6 @@ pub(crate) struct Maintenance {
 impl Maintenance {
     /// How often the maintenance thread wakes.
     pub const TICK: Duration = Duration::from_millis(100);
-    /// A series not written for this many ticks (2 s) is quiet: its blocks are merged.
-    const QUIET_TICKS: u32 = 20;
-    /// ...and after this many (a minute), even a small head is merged, freeing it.
-    const IDLE_TICKS: u32 = 600;
     /// How long a failed compaction waits before the next try.
     const COMPACT_RETRY: Duration = Duration::from_secs(60);
     /// How long a failed rewrite of a lost data file waits before the next try.
@@ -660,7 +630,6 @@ impl Maintenance {
             swept: now,
             recorded: now,
             sweeping: None,
-            settling: None,
             swept_points: 0,
             compact_after: now,
         }

@@ -28,9 +28,8 @@ use std::sync::Arc;
 /// Points sealed into one block when the head fills: small, so that a busy series' head (kept
 /// uncompressed for cheap appends) stays small too.
 pub const BLOCK_POINTS: usize = 256;
-/// Points per block once a series has gone quiet and [`Store::settle_after`] has merged its small
-/// blocks: a block's fixed costs spread over more points.
-pub const SETTLED_POINTS: usize = 1024;
+/// Most points in a block made by merging late points into a sealed one.
+const MERGED_POINTS: usize = 1024;
 /// Newest points kept in the head after sealing, for points that arrive a little late.
 const HEAD_SLACK: usize = 32;
 /// The head is sealed when it grows past this.
@@ -39,8 +38,6 @@ const HEAD_MOST: usize = BLOCK_POINTS + HEAD_SLACK;
 /// they belong to once there are this many: one encode per block touched per merge, rather
 /// than per point, whatever the order of writes.
 const LATE_MOST: usize = 256;
-/// A quiet series' head is merged into its blocks once it holds this many points...
-const SETTLE_HEAD: usize = 32;
 /// Index shards: growing one rehashes at most 1/64 of the names.
 const SHARDS: usize = 64;
 /// What one series costs besides its points: the slab slot, the name's allocation header,
@@ -69,8 +66,6 @@ pub struct Store {
     points: usize,
     memory: usize,
     memory_limit: Option<usize>,
-    /// The clock of [`tick`](Store::tick): when each series was last written, cheaply.
-    epoch: u32,
     /// Slots of series that have had late points since the last [`merge_late`](Store::merge_late).
     late_slots: Vec<u32>,
 }
@@ -180,7 +175,6 @@ impl Store {
             return Err(MemoryFull);
         }
         let (before, len) = (series.bytes(), series.len);
-        series.touched = self.epoch;
         let fresh = series.late.is_empty();
         series.insert(timestamp, value);
         if fresh && !series.late.is_empty() {
@@ -345,57 +339,6 @@ impl Store {
         (removed, next)
     }
 
-    /// Advances the clock that tells quiet series from busy ones; the server calls it every
-    /// 100 ms.
-    pub fn tick(&mut self) {
-        self.epoch = self.epoch.wrapping_add(1);
-    }
-
-    /// Compacts quiet series, in name order after `after`: a series not written for `quiet`
-    /// ticks has its trailing small blocks merged into blocks of [`SETTLED_POINTS`], and its
-    /// head too once it holds [`SETTLE_HEAD`] points (or any, after `idle` ticks), which frees
-    /// the head's allocation. Busy series are left alone, so ingestion never pays for this.
-    /// Stops after about `budget` points re-encoded or series visited. Returns the points
-    /// re-encoded and where to go on from (`None`: the pass is done).
-    pub fn settle_after(
-        &mut self,
-        after: Option<&str>,
-        (quiet, idle): (u32, u32),
-        (series_budget, point_budget): (usize, usize),
-    ) -> (usize, Option<Arc<str>>) {
-        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
-        let visit: Vec<(Arc<str>, u32)> = self
-            .names
-            .range::<str, _>((start, Bound::Unbounded))
-            .take(series_budget.max(1))
-            .map(|(name, &slot)| (Arc::clone(name), slot))
-            .collect();
-        let mut work = 0;
-        for (name, slot) in &visit {
-            let Some(series) = self.slots[*slot as usize].as_mut() else {
-                continue;
-            };
-            let since = self.epoch.wrapping_sub(series.touched);
-            if since < quiet {
-                continue;
-            }
-            let (before, len) = (series.bytes(), series.len);
-            work += series.settle(since >= idle);
-            self.memory = self.memory + series.bytes() - before;
-            // Merging late points finds the ones that replaced others.
-            self.points = self.points + series.len - len;
-            if work >= point_budget {
-                return (work, Some(Arc::clone(name)));
-            }
-        }
-        let next = if visit.len() < series_budget.max(1) {
-            None
-        } else {
-            visit.last().map(|(name, _)| Arc::clone(name))
-        };
-        (work, next)
-    }
-
     /// Removes every point before `cutoff` at once; for tests and start-up.
     #[cfg(test)]
     pub fn expire_before(&mut self, cutoff: i64) -> usize {
@@ -422,8 +365,6 @@ struct Series {
     len: usize,
     /// Bytes of the blocks, with their per-block overhead.
     block_bytes: usize,
-    /// The store's clock when it was last written.
-    touched: u32,
     /// Points at or before the newest sealed one, sorted, not yet merged into their blocks;
     /// they take precedence over a block's point at the same timestamp. Each counts in `len`
     /// until the merge finds it replaced one.
@@ -438,7 +379,6 @@ impl Series {
             head: Vec::new(),
             len: 0,
             block_bytes: 0,
-            touched: 0,
             late: Vec::new(),
         }
     }
@@ -573,7 +513,7 @@ impl Series {
                 (None, None) => break,
             }
         }
-        let blocks = merged.chunks(SETTLED_POINTS).map(Block::encode).collect();
+        let blocks = merged.chunks(MERGED_POINTS).map(Block::encode).collect();
         self.replace_block(at, blocks);
         replaced
     }
@@ -618,51 +558,6 @@ impl Series {
             self.block_bytes += block.heap_bytes() + BLOCK_BYTES;
         }
         self.blocks.splice(at..=at, blocks);
-    }
-
-    /// Merges the trailing blocks smaller than [`SETTLED_POINTS`], and the head when it is
-    /// worth it (or `idle`), into as few blocks as fit. Returns the points re-encoded.
-    fn settle(&mut self, idle: bool) -> usize {
-        let late = self.late.len();
-        if late > 0 {
-            self.merge_late();
-        }
-        let small = self.blocks.len()
-            - self
-                .blocks
-                .iter()
-                .rev()
-                .take_while(|b| b.len() < SETTLED_POINTS)
-                .count();
-        let with_head = !self.head.is_empty() && (idle || self.head.len() >= SETTLE_HEAD);
-        if self.blocks.len() - small < 2 && !with_head {
-            // Nothing worth re-encoding; emptied lists still give their allocations back.
-            if self.head.is_empty() && self.head.capacity() > 0 {
-                self.head = Vec::new();
-            }
-            if self.late.capacity() > 0 {
-                self.late = Vec::new();
-            }
-            return late;
-        }
-        let mut points = Vec::with_capacity(
-            self.blocks[small..].iter().map(|b| b.len()).sum::<usize>() + self.head.len(),
-        );
-        for block in self.blocks.drain(small..) {
-            self.block_bytes -= block.heap_bytes() + BLOCK_BYTES;
-            block.decode_into(&mut points);
-        }
-        if with_head {
-            points.append(&mut self.head);
-            self.head = Vec::new();
-        }
-        for chunk in points.chunks(SETTLED_POINTS) {
-            let block = Block::encode(chunk);
-            self.block_bytes += block.heap_bytes() + BLOCK_BYTES;
-            self.blocks.push(block);
-        }
-        self.blocks.shrink_to_fit();
-        points.len() + late
     }
 
     fn expire_before(&mut self, cutoff: i64) -> usize {
@@ -827,10 +722,6 @@ mod tests {
                 }
             }
         }
-    }
-
-    fn series_of(store: &Store, metric: &str) -> Vec<(i64, f64)> {
-        series(store, metric)
     }
 
     fn series(store: &Store, metric: &str) -> Vec<(i64, f64)> {
@@ -1015,72 +906,6 @@ mod tests {
         assert_eq!((store.points(), store.metrics(), store.memory), (0, 0, 0));
     }
 
-    #[test]
-    fn quiet_series_settle_into_large_blocks_and_keep_every_point() {
-        let mut store = Store::new();
-        let mut model = BTreeMap::new();
-        for t in 0..5000 {
-            for m in 0..3 {
-                put(&mut store, &format!("m{m}"), t as f64 * 0.5, t);
-                model.insert((m, t), t as f64 * 0.5);
-            }
-        }
-        let before = store.memory_bytes();
-        // Not yet quiet: nothing changes.
-        assert_eq!(store.settle_after(None, (20, 600), (1000, usize::MAX)).0, 0);
-        for _ in 0..20 {
-            store.tick();
-        }
-        let (work, next) = store.settle_after(None, (20, 600), (1000, usize::MAX));
-        assert!(work > 0 && next.is_none());
-        assert!(
-            store.memory_bytes() < before,
-            "{} >= {before}",
-            store.memory_bytes()
-        );
-        let series = &store.slots[0].as_ref().unwrap();
-        assert!(series
-            .blocks
-            .iter()
-            .rev()
-            .skip(1)
-            .all(|b| b.len() == SETTLED_POINTS));
-        // Every point is still there, and later puts, in and out of order, still work.
-        put(&mut store, "m0", 9.0, 2500);
-        put(&mut store, "m0", 9.0, 6000);
-        model.insert((0, 2500), 9.0);
-        model.insert((0, 6000), 9.0);
-        for m in 0..3 {
-            let expected: Vec<(i64, f64)> = model
-                .range((m, i64::MIN)..=(m, i64::MAX))
-                .map(|(&(_, t), &v)| (t, v))
-                .collect();
-            assert_eq!(series_of(&store, &format!("m{m}")), expected);
-        }
-        let recount: usize = store.slots.iter().flatten().map(Series::bytes).sum();
-        assert_eq!(store.memory, recount);
-    }
-
-    #[test]
-    fn a_settle_pass_stops_at_its_budget_and_goes_on_from_its_cursor() {
-        let mut store = Store::new();
-        for m in 0..10 {
-            for t in 0..600 {
-                put(&mut store, &format!("m{m}"), 1.0, t);
-            }
-        }
-        for _ in 0..20 {
-            store.tick();
-        }
-        let (work, next) = store.settle_after(None, (20, 600), (1000, 100));
-        assert!(
-            work >= 100 && next.as_deref() == Some("m0"),
-            "{work} {next:?}"
-        );
-        let (_, next) = store.settle_after(next.as_deref(), (20, 600), (3, usize::MAX));
-        assert_eq!(next.as_deref(), Some("m3"));
-    }
-
     /// `get *` as the server writes it.
     fn get_star_bytes(store: &Store, range: RangeInclusive<i64>) -> Vec<u8> {
         let mut out = Vec::new();
@@ -1100,7 +925,7 @@ mod tests {
     }
 
     #[test]
-    fn random_puts_overwrites_retention_and_settling_match_a_plain_map() {
+    fn random_puts_overwrites_and_retention_match_a_plain_map() {
         let values = [
             0.0,
             -0.0,
@@ -1143,20 +968,7 @@ mod tests {
                             model.insert(key, -1.0);
                         }
                     }
-                    95..=97 => {
-                        for _ in 0..30 {
-                            store.tick();
-                        }
-                        let mut cursor = None;
-                        loop {
-                            let (_, next) =
-                                store.settle_after(cursor.as_deref(), (20, 600), (7, 500));
-                            match next {
-                                Some(next) => cursor = Some(next),
-                                None => break,
-                            }
-                        }
-                    }
+                    95..=97 => store.merge_late(),
                     _ => {
                         let cutoff = (lcg(&mut rng) % clock as u64) as i64 / 2;
                         store.expire_before(cutoff);
