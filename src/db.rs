@@ -204,7 +204,11 @@ impl Db {
         let (mut puts, mut gets) = (0u64, 0u64);
         // Without a data file, forwarded lines go to each upstream's queue in memory.
         let forward_in_memory = journal.is_none() && !self.upstreams.is_empty();
-        let mut forward = Vec::new();
+        let mut forward = if forward_in_memory {
+            Vec::with_capacity(requests.len() * 48)
+        } else {
+            Vec::new()
+        };
         let written_to = {
             let mut store = self.lock();
             let mut appender = None;
