@@ -21,15 +21,19 @@
 //! In the order a reader should meet them:
 //! - [`protocol`]: pure parsing and encoding of requests, replies and point lines, Python float
 //!   text, and the one rule for a metric name. No I/O.
-//! - `store`: the in-memory data, in compact chunks; no locks, no I/O.
+//! - `codec`: the compressed block format of a series; pure encode and decode.
+//! - `store`: the in-memory data: compressed blocks and a head per series, the name index,
+//!   memory accounting; no locks, no I/O.
 //! - `journal`: the optional data file: append, replay, compaction.
 //! - `db`: the shared state: the store's lock, the journal and its ordering rule, retention and
 //!   the maintenance step, behind a narrow API.
 //! - `connection`: one client's I/O: input buffer, batching, replies.
 //! - [`server`]: the listener, admission, threads.
+//! - `forward`: sending every put on to Graphite plaintext upstreams.
 //! - [`client`]: [`Client`] and [`ClientError`], used by programs and by the CLI.
 //! - [`defaults`]: the clock, the default address and timeout, shared by client and server.
-//! - `cli`, `bulk` (`metrics put -`), `bench` (`metrics bench`): the command line.
+//! - `cli`, `bulk` (`metrics put -`), `bench` (`metrics bench`), `plot` (`metrics plot`): the
+//!   command line.
 //! - `log`: stderr lines, written by a thread of their own, and the rate limiter.
 #![warn(missing_docs)]
 
