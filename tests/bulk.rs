@@ -201,13 +201,7 @@ fn a_dump_at_the_line_limit_restores_exactly() {
 #[test]
 fn a_huge_input_line_is_skipped_without_holding_it() {
     let server = TestServer::start();
-    let mut child = Command::new(common::binary())
-        .args(["put", "--addr", &server.addr_string(), "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_put_stdin(&server.addr_string());
     let mut stdin = child.stdin.take().unwrap();
     const HUGE: usize = 128 << 20;
     stdin.write_all(b"a 1 1\n").unwrap();
@@ -265,13 +259,7 @@ fn a_server_that_never_acknowledges_sees_a_bounded_window() {
         stalled_tx.send(lines).unwrap();
         let _ = close_rx.recv();
     });
-    let mut child = Command::new(common::binary())
-        .args(["put", "--addr", &addr.to_string(), "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_put_stdin(&addr.to_string());
     let mut stdin = child.stdin.take().unwrap();
     // Endless input, until the client goes away.
     let feeder = std::thread::spawn(move || {
@@ -316,4 +304,15 @@ fn an_error_reply_that_never_ends_stops_the_load() {
              server: an error message is longer than 65536 bytes\n",
         );
     server.join().unwrap();
+}
+
+/// `metrics put --addr ADDR -` with its stdin and stderr piped, for tests that feed it slowly.
+fn spawn_put_stdin(addr: &str) -> std::process::Child {
+    Command::new(common::binary())
+        .args(["put", "--addr", addr, "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
 }

@@ -353,22 +353,7 @@ impl Vm {
 
     /// Waits until it holds every point of `expected`; panics naming what is missing.
     fn wait_for(&self, expected: &BTreeSet<Point>) {
-        let deadline = Instant::now() + DELIVERY;
-        loop {
-            let held = self.export();
-            let missing: Vec<_> = expected.difference(&held).collect();
-            if missing.is_empty() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} of {} points missing upstream, e.g. {:?}",
-                missing.len(),
-                expected.len(),
-                &missing[..missing.len().min(5)]
-            );
-            thread::sleep(Duration::from_millis(200));
-        }
+        wait_for_delivery(expected, Duration::from_millis(200), || self.export());
     }
 }
 
@@ -683,22 +668,9 @@ impl FakeUpstream {
 
     /// Waits until the lines received, as a set, hold every point in `expected`.
     fn wait_for(&self, expected: &BTreeSet<Point>) {
-        let deadline = Instant::now() + DELIVERY;
-        loop {
-            let held = parse_lines(&self.lines());
-            let missing: Vec<_> = expected.difference(&held).collect();
-            if missing.is_empty() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} of {} points missing upstream, e.g. {:?}",
-                missing.len(),
-                expected.len(),
-                &missing[..missing.len().min(5)]
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
+        wait_for_delivery(expected, Duration::from_millis(20), || {
+            parse_lines(&self.lines())
+        });
     }
 }
 
@@ -906,4 +878,29 @@ fn without_a_data_file_a_full_queue_drops_the_oldest_points_and_counts_them() {
     lines.dedup();
     assert_eq!(lines.len(), 100);
     assert_eq!(parse_lines(&lines), as_set(&sent[150..]));
+}
+
+/// Polls what an upstream holds, every `poll`, until it holds every expected point; fails
+/// after [`DELIVERY`] naming a few that are missing.
+fn wait_for_delivery(
+    expected: &BTreeSet<Point>,
+    poll: Duration,
+    held: impl Fn() -> BTreeSet<Point>,
+) {
+    let deadline = Instant::now() + DELIVERY;
+    loop {
+        let held = held();
+        let missing: Vec<_> = expected.difference(&held).collect();
+        if missing.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} points missing upstream, e.g. {:?}",
+            missing.len(),
+            expected.len(),
+            &missing[..missing.len().min(5)]
+        );
+        thread::sleep(poll);
+    }
 }
