@@ -12,7 +12,8 @@
 //! Graphite plaintext has no acknowledgements: bytes written just before an upstream failed may
 //! never have been read, let alone stored. After every reconnect the forwarder starts again
 //! from its *safe* position: the last position it had written at least [`RESEND_WINDOW`]
-//! before, with at least [`RESEND_BYTES`] (more than the socket buffers of both sides hold)
+//! before (or [`RESEND_MOST`] bytes before, at high rates), with at least [`RESEND_BYTES`]
+//! (more than the socket buffers of both sides hold)
 //! written on the same connection after it, so the upstream must have read it. Nothing short
 //! of that counts as proof of reading: a write that returns at once only means the buffers had
 //! room. Duplicates are harmless to Graphite-style stores, which keep one value per metric and
@@ -38,6 +39,9 @@ pub const RESEND_WINDOW: Duration = Duration::from_secs(5);
 /// ...and at least in bytes written after: more than the socket buffers on both sides hold
 /// (Linux's defaults top out at 4 MiB to send and 6 MiB to receive).
 pub const RESEND_BYTES: u64 = 16 << 20;
+/// ...but never more than this: at millions of points a second, five seconds of lines would
+/// be hundreds of MiB to keep (in memory, without `--data`) and to resend.
+pub const RESEND_MOST: u64 = 64 << 20;
 /// Reconnect backoff: from the first delay, doubling, up to the most.
 pub const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 pub const BACKOFF_MOST: Duration = Duration::from_secs(10);
@@ -616,10 +620,12 @@ fn send(sender: &mut Sender<'_>, mut stream: TcpStream) -> io::Error {
             }
         }
         // Safe: written at least the resend window ago, with more than the socket buffers
-        // hold written after it on this connection.
+        // hold written after it on this connection; or with the most the window keeps
+        // written after it, however recent.
         while let Some(mark) = marks.front() {
-            if now.duration_since(mark.when) >= RESEND_WINDOW
-                && written - mark.written >= RESEND_BYTES
+            let after = written - mark.written;
+            if (now.duration_since(mark.when) >= RESEND_WINDOW && after >= RESEND_BYTES)
+                || after >= RESEND_MOST
             {
                 safe = mark.position;
                 marks.pop_front();
