@@ -30,6 +30,8 @@ pub(crate) const MEMORY_LIMIT_REACHED: &str = "memory limit reached";
 /// many points (whole blocks count in full) or series. It bounds both the time the lock is
 /// held and what a reader that stops reading keeps alive.
 pub(crate) const STEP_POINTS: usize = 8192;
+/// Series whose late points one maintenance step merges.
+const MERGE_SERIES: usize = 64;
 /// Series one retention step visits.
 const SWEEP_SERIES: usize = 256;
 
@@ -425,6 +427,12 @@ impl Db {
     pub fn maintain(&self, state: &mut Maintenance) {
         let now = Instant::now();
         let second = Duration::from_secs(1);
+        // Late points are merged into their blocks within a tick, a few series per lock.
+        while self.lock().merge_late_some(MERGE_SERIES) == MERGE_SERIES {
+            if now.elapsed() >= Maintenance::TICK / 2 {
+                break;
+            }
+        }
         if let Some(journal) = self.journal() {
             let check = now.duration_since(state.checked) >= second;
             if journal.failure().is_some() && check {

@@ -485,29 +485,47 @@ impl Journal {
             .try_lock()
             .map_err(|e| io_error("lock")(io::Error::other(e.to_string())))?;
 
-        // From here writers wait: bring the old file up to date, copy what came after the
-        // snapshot, and switch.
-        let mut writer = lock(&self.writer);
-        self.write_pending(&mut writer)
-            .map_err(|e| JournalError::Io {
-                path: self.path.clone(),
-                action: "write",
-                source: io::Error::new(e.0.kind(), e.0.to_string()),
-            })?;
-        let from = keep_from.clamp(writer.base.max(0) as u64, at.seq);
-        let tail_start = (from as i64 - writer.base) as u64;
-        // The tail is read through the handle this journal holds, not by path: the file at
-        // the path may have been removed or replaced.
+        // Copy what the new file keeps of the old (the lines forwarders still need, and those
+        // written since the snapshot) while writers go on: written bytes never change, and
+        // only compaction moves `base`. Then writers wait only for the last few.
+        let write_error = |e: WriteError| JournalError::Io {
+            path: self.path.clone(),
+            action: "write",
+            source: io::Error::new(e.0.kind(), e.0.to_string()),
+        };
+        self.flush().map_err(write_error)?;
+        let (base, copied_to) = {
+            let writer = lock(&self.writer);
+            (writer.base, writer.len)
+        };
+        let from = keep_from.clamp(base.max(0) as u64, at.seq);
+        let tail_start = (from as i64 - base) as u64;
+        // The old file is read through the handle this journal holds, not by path: the file
+        // at the path may have been removed or replaced.
         let old = Arc::clone(&lock(&self.current).file);
-        let kept = count_lines(&old, tail_start, (at.seq as i64 - writer.base) as u64)
+        let kept = count_lines(&old, tail_start, (at.seq as i64 - base) as u64)
             .map_err(io_error("read"))?;
-        let tail = copy_range(&old, tail_start, writer.len, &mut temp_file)
+        let early = copy_range(&old, tail_start, copied_to, &mut temp_file)
             .map_err(io_error("copy the tail to"))?;
+
+        // From here writers wait: bring the old file up to date, copy the rest, and switch.
+        let mut writer = lock(&self.writer);
+        self.write_pending(&mut writer).map_err(write_error)?;
+        let tail = early
+            + copy_range(&old, copied_to, writer.len, &mut temp_file)
+                .map_err(io_error("copy the tail to"))?;
         temp_file.sync_all().map_err(io_error("sync"))?;
+        // Everything that can fail is done before the rename, so after it the journal always
+        // writes to the file at the path.
+        let file = temp_file.try_clone().map_err(io_error("open"))?;
         fs::rename(temp, &self.path).map_err(io_error("rename"))?;
         *created = false;
-        sync_parent(&self.path).map_err(io_error("sync the directory of"))?;
-        let file = temp_file.try_clone().map_err(io_error("open"))?;
+        if let Err(e) = sync_parent(&self.path) {
+            crate::warn!(
+                "compacted {}, but cannot sync its directory: {e}",
+                self.path.display()
+            );
+        }
         writer.file = file;
         writer.base = from as i64 - written as i64;
         writer.len = written + tail;
@@ -714,8 +732,9 @@ impl Journal {
     /// The sequence number of a saved offset, if it was saved for the file in use now.
     pub fn seq_of(&self, offset: u64, id: FileId) -> Option<u64> {
         let current = lock(&self.current);
-        (file_id(&current.file) == Some(id) && offset <= self.written_seq())
-            .then(|| (current.base + offset as i64) as u64)
+        let seq = current.base + offset as i64;
+        (file_id(&current.file) == Some(id) && seq >= 0 && seq as u64 <= self.written_seq())
+            .then_some(seq as u64)
     }
 }
 

@@ -188,7 +188,17 @@ impl Store {
     /// Merges every series' late points into their blocks, so that [`points`](Store::points)
     /// is exact: a late point that replaced one in a block is known only then.
     pub fn merge_late(&mut self) {
-        for slot in std::mem::take(&mut self.late_slots) {
+        while self.merge_late_some(usize::MAX) > 0 {}
+    }
+
+    /// Merges the late points of at most `most` series (the server does this in steps, every
+    /// tick, so late lists never linger). Returns how many series it merged; 0 when none wait.
+    pub fn merge_late_some(&mut self, most: usize) -> usize {
+        let mut merged = 0;
+        while merged < most {
+            let Some(slot) = self.late_slots.pop() else {
+                break;
+            };
             let Some(series) = self.slots[slot as usize].as_mut() else {
                 continue;
             };
@@ -197,9 +207,13 @@ impl Store {
             }
             let (before, len) = (series.bytes(), series.len);
             series.merge_late();
+            // The list gives its allocation back: most series are never late again.
+            series.late = Vec::new();
             self.memory = self.memory + series.bytes() - before;
             self.points = self.points + series.len - len;
+            merged += 1;
         }
+        merged
     }
 
     fn add_series(&mut self, metric: &str, hash: u64) -> u32 {
@@ -451,9 +465,6 @@ impl Series {
                 false
             }
             Err(at) => {
-                if self.late.capacity() == 0 {
-                    self.late.reserve_exact(LATE_MOST);
-                }
                 self.late.insert(at, (timestamp, value));
                 if self.late.len() >= LATE_MOST {
                     self.merge_late();
