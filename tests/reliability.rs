@@ -185,7 +185,7 @@ fn far_apart_timestamps_cost_a_few_bytes_per_point() {
     });
     let per_point = grown as f64 * 1024.0 / (2 * POINTS) as f64;
     eprintln!("far-apart timestamps: {per_point:.1} bytes per point");
-    assert!(per_point < 40.0, "{per_point:.1} bytes per point");
+    assert!(per_point < 8.0, "{per_point:.1} bytes per point");
 }
 
 #[test]
