@@ -158,6 +158,8 @@ struct Pending {
     seq: u64,
     /// Lines in the file plus lines pending.
     lines: u64,
+    /// Of those, lines in `buf`: taken with it when it is written.
+    buf_lines: u64,
 }
 
 #[derive(Debug)]
@@ -249,6 +251,7 @@ impl Journal {
                 buf: Vec::new(),
                 seq: good_len,
                 lines: report.lines,
+                buf_lines: 0,
             }),
             writer: Mutex::new(Writer {
                 file,
@@ -321,6 +324,7 @@ impl Journal {
         appender.pending.buf.extend_from_slice(lines);
         appender.added = lines.len() as u64;
         appender.pending.lines += count;
+        appender.pending.buf_lines += count;
         appender.finish()
     }
 
@@ -362,10 +366,15 @@ impl Journal {
     }
 
     fn write_pending(&self, writer: &mut Writer) -> Result<(), WriteError> {
-        let (mut buf, end) = {
+        let (mut buf, end, lines) = {
             let mut pending = lock(&self.pending);
             let spare = std::mem::take(&mut writer.spare);
-            (std::mem::replace(&mut pending.buf, spare), pending.seq)
+            let lines = std::mem::take(&mut pending.buf_lines);
+            (
+                std::mem::replace(&mut pending.buf, spare),
+                pending.seq,
+                lines,
+            )
         };
         let mut result = writer.file.write_all(&buf);
         if result.is_ok() && self.fsync == Fsync::Always {
@@ -378,12 +387,12 @@ impl Journal {
             let mut pending = lock(&self.pending);
             buf.extend_from_slice(&pending.buf);
             pending.buf = buf;
+            pending.buf_lines += lines;
             return Err(self.fail(e));
         }
         writer.written = end;
         writer.len += buf.len() as u64;
         self.file_bytes.store(writer.len, Ordering::Relaxed);
-        let lines = buf.iter().filter(|&&b| b == b'\n').count() as u64;
         self.written_lines.fetch_add(lines, Ordering::Relaxed);
         self.written.store(end, Ordering::Release);
         buf.clear();
@@ -503,17 +512,18 @@ impl Journal {
         // The old file is read through the handle this journal holds, not by path: the file
         // at the path may have been removed or replaced.
         let old = Arc::clone(&lock(&self.current).file);
-        let kept = count_lines(&old, tail_start, (at.seq as i64 - base) as u64)
-            .map_err(io_error("read"))?;
-        let early = copy_range(&old, tail_start, copied_to, &mut temp_file)
+        // One pass copies the kept lines and counts those before the snapshot's position.
+        let kept_bytes = (at.seq as i64 - base) as u64 - tail_start;
+        let (early, kept) = copy_range(&old, (tail_start, copied_to), kept_bytes, &mut temp_file)
             .map_err(io_error("copy the tail to"))?;
 
         // From here writers wait: bring the old file up to date, copy the rest, and switch.
         let mut writer = lock(&self.writer);
         self.write_pending(&mut writer).map_err(write_error)?;
         let tail = early
-            + copy_range(&old, copied_to, writer.len, &mut temp_file)
-                .map_err(io_error("copy the tail to"))?;
+            + copy_range(&old, (copied_to, writer.len), 0, &mut temp_file)
+                .map_err(io_error("copy the tail to"))?
+                .0;
         temp_file.sync_all().map_err(io_error("sync"))?;
         // Everything that can fail is done before the rename, so after it the journal always
         // writes to the file at the path.
@@ -574,24 +584,14 @@ fn same_file(_: &fs::Metadata, _: &fs::Metadata) -> bool {
     true
 }
 
-/// The lines in bytes `from..to` of `file`.
-fn count_lines(file: &File, from: u64, to: u64) -> io::Result<u64> {
-    let mut buf = vec![0u8; 1 << 20];
-    let (mut at, mut lines) = (from, 0u64);
-    while at < to {
-        let want = buf.len().min((to - at) as usize);
-        let n = read_at(file, &mut buf[..want], at)?;
-        if n == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        lines += buf[..n].iter().filter(|&&b| b == b'\n').count() as u64;
-        at += n as u64;
-    }
-    Ok(lines)
-}
-
-/// Copies bytes `from..to` of `file` to the end of `out`, without moving `file`'s offset.
-fn copy_range(file: &File, from: u64, to: u64, out: &mut File) -> io::Result<u64> {
+/// Hands bytes `from..to` of `file` to `each`, a large piece at a time, without moving the
+/// file's offset.
+fn read_range(
+    file: &File,
+    from: u64,
+    to: u64,
+    mut each: impl FnMut(&[u8]) -> io::Result<()>,
+) -> io::Result<()> {
     let mut buf = vec![0u8; 1 << 20];
     let mut at = from;
     while at < to {
@@ -600,10 +600,38 @@ fn copy_range(file: &File, from: u64, to: u64, out: &mut File) -> io::Result<u64
         if n == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
-        out.write_all(&buf[..n])?;
+        each(&buf[..n])?;
         at += n as u64;
     }
-    Ok(to - from)
+    Ok(())
+}
+
+/// The lines in bytes `from..to` of `file`.
+fn count_lines(file: &File, from: u64, to: u64) -> io::Result<u64> {
+    let mut lines = 0;
+    read_range(file, from, to, |bytes| {
+        lines += bytes.iter().filter(|&&b| b == b'\n').count() as u64;
+        Ok(())
+    })?;
+    Ok(lines)
+}
+
+/// Copies bytes `from..to` of `file` to the end of `out`; returns how many, and how many lines
+/// the first `counted` of them hold.
+fn copy_range(
+    file: &File,
+    (from, to): (u64, u64),
+    counted: u64,
+    out: &mut File,
+) -> io::Result<(u64, u64)> {
+    let (mut seen, mut lines) = (0u64, 0u64);
+    read_range(file, from, to, |bytes| {
+        let uncounted = counted.saturating_sub(seen).min(bytes.len() as u64) as usize;
+        lines += bytes[..uncounted].iter().filter(|&&b| b == b'\n').count() as u64;
+        seen += bytes.len() as u64;
+        out.write_all(bytes)
+    })?;
+    Ok((to - from, lines))
 }
 
 #[cfg(unix)]
@@ -762,6 +790,7 @@ impl Appender<'_> {
         protocol::write_point(&mut self.pending.buf, metric, value, timestamp);
         self.added += (self.pending.buf.len() - before) as u64;
         self.pending.lines += 1;
+        self.pending.buf_lines += 1;
     }
 
     /// Ends the batch; returns the sequence number to [`commit`](Journal::commit) it up to.
