@@ -70,15 +70,6 @@ pub struct Store {
     late_slots: Vec<u32>,
 }
 
-/// What a put into a head did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Put {
-    /// A new point.
-    Added,
-    /// The metric already had a point at that timestamp; its value was replaced.
-    Replaced,
-}
-
 /// A put refused because the store holds its memory limit: it would add a point or a metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemoryFull;
@@ -449,7 +440,7 @@ impl Series {
     fn insert(&mut self, timestamp: i64, value: f64) {
         let added = match self.sealed_until() {
             Some(until) if timestamp <= until => self.insert_late(timestamp, value),
-            _ => self.insert_head(timestamp, value) == Put::Added,
+            _ => self.insert_head(timestamp, value),
         };
         if added {
             self.len += 1;
@@ -529,14 +520,15 @@ impl Series {
         replaced
     }
 
-    fn insert_head(&mut self, timestamp: i64, value: f64) -> Put {
+    /// Puts a point in the head; whether it is a new one (not a replaced value).
+    fn insert_head(&mut self, timestamp: i64, value: f64) -> bool {
         // Appends, by far the most common case, skip the search.
         let at = match self.head.last() {
             Some(&(last, _)) if last < timestamp => self.head.len(),
             _ => match self.head.binary_search_by_key(&timestamp, |&(t, _)| t) {
                 Ok(at) => {
                     self.head[at].1 = value;
-                    return Put::Replaced;
+                    return false;
                 }
                 Err(at) => at,
             },
@@ -550,7 +542,7 @@ impl Series {
         if self.head.len() > HEAD_MOST {
             self.seal();
         }
-        Put::Added
+        true
     }
 
     /// Moves the head's oldest points into a new block.
