@@ -5,8 +5,12 @@
 //! bytes.
 //!
 //! # Format
-//! The bytes are a LEB128 point count (nothing at all for an empty block), then one big-endian bit
-//! stream. The first timestamp lives in the [`Block`] itself. Every integer stream below is
+//! The bytes are a LEB128 count of the block's points (nothing at all for an empty block), then
+//! one or more segments ([`Block::append`] adds one). A segment is a LEB128 point count, for
+//! every segment but the first a LEB128 zig-zag delta from the previous segment's last timestamp
+//! to its first, then one big-endian bit stream padded to a whole byte. The first timestamp
+//! lives in the [`Block`] itself. Segments share nothing else, so each is coded as if it were a
+//! block of its own, as described next. Every integer stream below is
 //! written with a [`Code`]: a prefix code of up to six symbols chosen per block, each a bucket of
 //! `width` bits holding a zig-zag integer, or an escape. The encoder picks the bucket widths that
 //! make the block smallest, so a stream that is always 0 costs 0 bits a point, and a stream that is
@@ -64,18 +68,46 @@ impl Block {
     /// # Panics
     /// If there are more than `u32::MAX` points.
     pub fn encode(points: &[(i64, f64)]) -> Block {
-        let count = u32::try_from(points.len()).expect("a block holds at most u32::MAX points");
+        Block::empty().append(points)
+    }
+
+    fn empty() -> Block {
+        Block {
+            bytes: Arc::default(),
+            first: 0,
+            last: 0,
+        }
+    }
+
+    /// A block of this block's points followed by `points`, which should be newer. The old
+    /// bytes are copied and the new points encoded after them as a segment of their own, so
+    /// appending costs what encoding the new points alone does, and a store can seal small
+    /// batches into one block without paying a block's overhead for each.
+    ///
+    /// # Panics
+    /// If the block would hold more than `u32::MAX` points.
+    pub fn append(&self, points: &[(i64, f64)]) -> Block {
         let (Some(&(first, _)), Some(&(last, _))) = (points.first(), points.last()) else {
-            return Block {
-                bytes: Arc::default(),
-                first: 0,
-                last: 0,
-            };
+            return self.clone();
         };
+        let count = u32::try_from(points.len()).expect("a block holds at most u32::MAX points");
+        let (old, old_start) = read_count(&self.bytes);
+        let total = old
+            .checked_add(count)
+            .expect("a block holds at most u32::MAX points");
         let times = TimePlan::new(points);
         let values = ValuePlan::best(points);
-        let mut out =
-            BitWriter::with_capacity(5 + ((times.bits + values.bits) / 8) as usize + 8, count);
+        let mut bytes = Vec::with_capacity(
+            self.bytes.len() + 20 + ((times.bits + values.bits) / 8) as usize + 8,
+        );
+        push_count(&mut bytes, total);
+        bytes.extend_from_slice(&self.bytes[old_start..]);
+        push_count(&mut bytes, count);
+        if old > 0 {
+            // A later segment starts from the one before: its first timestamp is a delta.
+            push_varint(&mut bytes, zigzag(first.wrapping_sub(self.last)));
+        }
+        let mut out = BitWriter::after(bytes);
         times.write_header(&mut out);
         values.write_header(&mut out);
         let mut xor = Xor::default();
@@ -87,7 +119,7 @@ impl Block {
         }
         Block {
             bytes: Arc::from(out.finish()),
-            first,
+            first: if old > 0 { self.first } else { first },
             last,
         }
     }
@@ -131,6 +163,8 @@ impl Block {
 #[derive(Debug, Clone)]
 pub struct BlockIter<'a> {
     reader: BitReader<'a>,
+    /// Points left in the block; points in the segment being read, and left of it.
+    total_left: u32,
     count: u32,
     left: u32,
     time: i64,
@@ -152,49 +186,80 @@ pub struct BlockIter<'a> {
 
 impl<'a> BlockIter<'a> {
     fn new(block: &'a Block) -> Self {
-        let (count, start) = read_count(&block.bytes);
-        let mut reader = BitReader {
-            bytes: &block.bytes,
-            pos: start * 8,
+        let (total, start) = read_count(&block.bytes);
+        let mut iter = BlockIter {
+            reader: BitReader {
+                bytes: &block.bytes,
+                pos: start * 8,
+            },
+            total_left: total,
+            count: 0,
+            left: 0,
+            time: block.first,
+            time_delta: 0,
+            mantissa: 0,
+            mantissa_delta: 0,
+            delta_mask: 0,
+            scale: 1.0,
+            raw: false,
+            xor: Xor::default(),
+            time_fixed: true,
+            fix_fixed: true,
+            time_lut: Code::single(0).lut(),
+            mantissa_lut: Code::single(0).lut(),
+            fix_lut: Code::single(0).lut(),
         };
-        // The header, in the order `Block::encode` writes it. An empty block has none, a block
-        // of one point no timestamp part.
+        if total > 0 {
+            iter.start_segment(Some(block.first));
+        }
+        iter
+    }
+
+    /// Reads the header of the segment at the reader's next whole byte: its first timestamp is
+    /// `first`, or (for a later segment) a delta from the last point read.
+    #[cold]
+    fn start_segment(&mut self, first: Option<i64>) {
+        let reader = &mut self.reader;
+        let mut at = reader.pos.div_ceil(8);
+        let rest = reader.bytes.get(at..).unwrap_or_default();
+        let (count, used) = read_count(rest);
+        at += used;
+        let first = first.unwrap_or_else(|| {
+            let rest = reader.bytes.get(at..).unwrap_or_default();
+            let (delta, used) = read_varint(rest);
+            at += used;
+            self.time.wrapping_add(unzigzag(delta))
+        });
+        reader.pos = at * 8;
+        // The header, in the order `Block::append` writes it. A segment of one point has no
+        // timestamp part.
         let (mut time_delta, mut time_code) = (0, Code::single(0));
         if count >= 2 {
             time_delta = unzigzag(reader.read_long());
-            time_code = Code::read(&mut reader);
+            time_code = Code::read(reader);
         }
-        let (mut raw, mut exp, mut dod) = (false, 0, false);
-        let (mut mantissa, mut mantissa_delta) = (0, 0);
-        let (mut mantissa_code, mut fix_code) = (Code::single(0), Code::single(0));
-        if count >= 1 {
-            raw = reader.read(1) == 1;
-            exp = (reader.read(5) as usize).min(MAX_EXP);
-            dod = reader.read(1) == 1;
-            mantissa = unzigzag(reader.read_long());
-            mantissa_delta = unzigzag(reader.read_long());
-            mantissa_code = Code::read(&mut reader);
-            fix_code = Code::read(&mut reader);
-        }
-        BlockIter {
-            reader,
-            count,
-            left: count,
-            // One step before the first point, so that its delta-of-delta is 0 as well.
-            time: block.first.wrapping_sub(time_delta),
-            time_delta,
-            mantissa,
-            mantissa_delta,
-            delta_mask: if dod { -1 } else { 0 },
-            scale: POW10[exp],
-            raw,
-            xor: Xor::default(),
-            time_fixed: time_code == Code::single(0),
-            fix_fixed: fix_code == Code::single(0),
-            time_lut: time_code.lut(),
-            mantissa_lut: mantissa_code.lut(),
-            fix_lut: fix_code.lut(),
-        }
+        let raw = reader.read(1) == 1;
+        let exp = (reader.read(5) as usize).min(MAX_EXP);
+        let dod = reader.read(1) == 1;
+        self.mantissa = unzigzag(reader.read_long());
+        self.mantissa_delta = unzigzag(reader.read_long());
+        let mantissa_code = Code::read(reader);
+        let fix_code = Code::read(reader);
+        // A truncated or damaged block ends early rather than reading past its counts.
+        self.count = count.clamp(1, self.total_left);
+        self.left = self.count;
+        // One step before the first point, so that its delta-of-delta is 0 as well.
+        self.time = first.wrapping_sub(time_delta);
+        self.time_delta = time_delta;
+        self.delta_mask = if dod { -1 } else { 0 };
+        self.scale = POW10[exp];
+        self.raw = raw;
+        self.xor = Xor::default();
+        self.time_fixed = time_code == Code::single(0);
+        self.fix_fixed = fix_code == Code::single(0);
+        self.time_lut = time_code.lut();
+        self.mantissa_lut = mantissa_code.lut();
+        self.fix_lut = fix_code.lut();
     }
 }
 
@@ -204,9 +269,13 @@ impl Iterator for BlockIter<'_> {
     #[inline]
     fn next(&mut self) -> Option<(i64, f64)> {
         if self.left == 0 {
-            return None;
+            if self.total_left == 0 {
+                return None;
+            }
+            self.start_segment(None);
         }
         self.left -= 1;
+        self.total_left -= 1;
         // The first point has no symbol; neither has any point of a regular block.
         if !self.time_fixed && self.left + 1 != self.count {
             let dod = unzigzag(self.reader.symbol(&self.time_lut).unwrap_or(0));
@@ -237,7 +306,7 @@ impl Iterator for BlockIter<'_> {
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        (self.left as usize, Some(self.left as usize))
+        (self.total_left as usize, Some(self.total_left as usize))
     }
 }
 
@@ -348,6 +417,35 @@ fn bit_len(u: u64) -> usize {
 }
 
 /// Reads the LEB128 point count; returns it and the byte where the bit stream starts.
+/// Appends `count` as [`read_count`] reads it.
+fn push_count(bytes: &mut Vec<u8>, count: u32) {
+    push_varint(bytes, u64::from(count));
+}
+
+/// Appends `value` in LEB128.
+fn push_varint(bytes: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        bytes.push((value as u8 & 0x7f) | 0x80);
+        value >>= 7;
+    }
+    bytes.push(value as u8);
+}
+
+/// A LEB128 integer at the start of `bytes`, and the bytes it took (as many as there are, at
+/// most ten, for a truncated or overlong one).
+fn read_varint(bytes: &[u8]) -> (u64, usize) {
+    let mut value = 0u64;
+    for (i, &byte) in bytes.iter().enumerate().take(10) {
+        value |= u64::from(byte & 0x7f)
+            .checked_shl(7 * i as u32)
+            .unwrap_or(0);
+        if byte & 0x80 == 0 {
+            return (value, i + 1);
+        }
+    }
+    (value, bytes.len().min(10))
+}
+
 fn read_count(bytes: &[u8]) -> (u32, usize) {
     let mut count = 0u32;
     for (i, &byte) in bytes.iter().enumerate().take(5) {
@@ -382,14 +480,8 @@ struct BitWriter {
 
 impl BitWriter {
     /// A writer whose bytes start with the LEB128 `count`.
-    fn with_capacity(capacity: usize, count: u32) -> Self {
-        let mut bytes = Vec::with_capacity(capacity);
-        let mut rest = count;
-        while rest >= 0x80 {
-            bytes.push((rest as u8 & 0x7f) | 0x80);
-            rest >>= 7;
-        }
-        bytes.push(rest as u8);
+    /// A writer whose bits follow `bytes`.
+    fn after(bytes: Vec<u8>) -> Self {
         BitWriter {
             bytes,
             acc: 0,
@@ -1233,6 +1325,24 @@ mod tests {
         let mut into = vec![(7, 7.0)];
         block.decode_into(&mut into);
         assert_eq!(bits(&into[1..]), bits(points));
+        // The same points appended in segments of varied sizes read back the same.
+        for sizes in [&[1usize][..], &[2, 1, 5], &[3, 64, 7, 256]] {
+            let (mut segmented, mut rest, mut i) = (Block::encode(&[]), points, 0);
+            while !rest.is_empty() {
+                let (now, later) = rest.split_at(sizes[i % sizes.len()].min(rest.len()));
+                segmented = segmented.append(now);
+                rest = later;
+                i += 1;
+            }
+            assert_eq!(segmented.len(), points.len());
+            assert_eq!(
+                (segmented.first(), segmented.last()),
+                (block.first(), block.last())
+            );
+            let iter = segmented.iter();
+            assert_eq!(iter.len(), points.len());
+            assert_eq!(bits(&iter.collect::<Vec<_>>()), bits(points), "{sizes:?}");
+        }
         block
     }
 
@@ -1420,7 +1530,9 @@ mod tests {
                 (rng.next() & mask, bits)
             })
             .collect();
-        let mut out = BitWriter::with_capacity(0, 300);
+        let mut bytes = Vec::new();
+        push_count(&mut bytes, 300);
+        let mut out = BitWriter::after(bytes);
         for &(v, bits) in &items {
             out.put(v, bits);
         }

@@ -154,6 +154,8 @@ impl Db {
                 None => Upstream::in_memory(addr, settings.forward_buffer, totals),
             }));
         }
+        // Replayed overwrites are counted once merged.
+        db.lock().merge_late();
         if db
             .journal()
             .is_some_and(|j| j.needs_compaction(db.lock().points()))

@@ -2,11 +2,17 @@
 //!
 //! Each metric owns a series: sealed blocks of compressed points ([`codec`](crate::codec)),
 //! sorted and not overlapping, then an uncompressed head of the newest points. Appends go to
-//! the head; when it is full its oldest [`BLOCK_POINTS`] points are sealed into a block, and
-//! the newest few stay so that points arriving slightly late (connections interleaving on one
-//! series) are still cheap. A point older than the head goes into the one block whose span
-//! covers it (found by binary search), which is decoded, changed and encoded again: O(log n)
-//! plus one block, whatever the order or spacing of timestamps.
+//! the head; when it is full its oldest [`BLOCK_POINTS`] points are sealed, appended as a
+//! segment to the newest block until that block holds [`SEALED_MOST`] points, so a block's own
+//! overhead is paid once per a few thousand points while the head stays small. The newest few
+//! points stay in the head (the slack), so that points arriving slightly late are cheap.
+//!
+//! Any other point (older than the newest, or an overwrite) goes to the series' late list,
+//! unsorted, and is merged into the head and the blocks it belongs in when the list is full,
+//! before a seal that needs it, or on the next maintenance tick: one pass over the head and
+//! one decode and encode per block touched, whatever the order of writes. A series whose late
+//! points land just behind the head (connections interleaving their timestamps) earns a larger
+//! slack, up to [`SLACK_MOST`], and gives it back when its writes are in order again.
 //!
 //! Blocks sit behind `Arc`s: a read takes [`SeriesSnapshot`]s that share them (reference
 //! counts, no copies) plus a copy of at most one head, so the lock is held for microseconds and
@@ -27,17 +33,27 @@ use std::sync::Arc;
 
 /// Points sealed into one block when the head fills: small, so that a busy series' head (kept
 /// uncompressed for cheap appends) stays small too.
-pub const BLOCK_POINTS: usize = 256;
+pub const BLOCK_POINTS: usize = 128;
 /// Most points in a block made by merging late points into a sealed one.
 const MERGED_POINTS: usize = 1024;
-/// Newest points kept in the head after sealing, for points that arrive a little late.
-const HEAD_SLACK: usize = 32;
-/// The head is sealed when it grows past this.
-const HEAD_MOST: usize = BLOCK_POINTS + HEAD_SLACK;
+/// Most points in a block that seals are appended to: larger, since appending costs only the
+/// new points' encoding, and each block costs about 64 bytes of its own.
+const SEALED_MOST: usize = 2048;
+/// Newest points kept in the head after sealing, for points that arrive a little late: the
+/// least, for series written in order.
+const SLACK_LEAST: usize = 8;
+/// The most: series written by connections that interleave their timestamps earn a larger
+/// slack (doubling whenever a point lands just behind the head), so that a lagging connection's
+/// points still go to the head rather than into a sealed block.
+const SLACK_MOST: usize = 2048;
+/// Seals without a point just behind the head after which the slack halves again.
+const SLACK_QUIET_SEALS: u8 = 8;
+/// A head grows by doubling up to this many points, then to its most at once.
+const SMALL_HEAD: usize = 64;
 /// Points older than the head wait in a series' late list, and are merged into the blocks
 /// they belong to once there are this many: one encode per block touched per merge, rather
 /// than per point, whatever the order of writes.
-const LATE_MOST: usize = 256;
+const LATE_MOST: usize = 1024;
 /// Index shards: growing one rehashes at most 1/64 of the names.
 const SHARDS: usize = 64;
 /// What one series costs besides its points: the slab slot, the name's allocation header,
@@ -48,6 +64,65 @@ const BLOCK_BYTES: usize = size_of::<Sealed>();
 
 /// A block, shared with snapshots (cloning it only counts a reference).
 type Sealed = Block;
+
+/// Merges sorted `new` into sorted `points` (both without repeated timestamps), in place; at a
+/// timestamp both have, `new`'s point wins. Only the points from the earliest of `new` on are
+/// moved, back to front. Returns how many of `new` replaced a point, and how many of `points`
+/// the earliest of `new` went behind.
+fn merge_in_place(points: &mut Vec<(i64, f64)>, new: &[(i64, f64)]) -> (usize, usize) {
+    let Some(&(first, _)) = new.first() else {
+        return (0, 0);
+    };
+    let start = points.partition_point(|&(t, _)| t < first);
+    let reach = points.len() - start;
+    let (mut replaced, mut i, mut j) = (0, start, 0);
+    while i < points.len() && j < new.len() {
+        let (a, b) = (points[i].0, new[j].0);
+        replaced += usize::from(a == b);
+        i += usize::from(a <= b);
+        j += usize::from(b <= a);
+    }
+    let old_len = points.len();
+    points.resize(old_len + new.len() - replaced, (0, 0.0));
+    let (mut i, mut j, mut w) = (old_len, new.len(), points.len());
+    while j > 0 {
+        w -= 1;
+        if i > start && points[i - 1].0 > new[j - 1].0 {
+            points[w] = points[i - 1];
+            i -= 1;
+        } else {
+            i -= usize::from(i > start && points[i - 1].0 == new[j - 1].0);
+            points[w] = new[j - 1];
+            j -= 1;
+        }
+    }
+    debug_assert_eq!(w, i);
+    (replaced, reach)
+}
+
+/// Where `timestamp` is in sorted `points`, as [`slice::binary_search`] answers, searching back
+/// from the end in growing steps: points arrive in order or a little late, so this touches the
+/// few cache lines at the end of a list rather than the log2(n) spread over it.
+fn search_from_end(points: &[(i64, f64)], timestamp: i64) -> Result<usize, usize> {
+    let mut high = points.len();
+    let mut step = 1;
+    let low = loop {
+        if high == 0 {
+            break 0;
+        }
+        let probe = high.saturating_sub(step);
+        if points[probe].0 <= timestamp {
+            break probe;
+        }
+        high = probe;
+        step *= 2;
+    };
+    let window = &points[low..high];
+    match window.binary_search_by_key(&timestamp, |&(t, _)| t) {
+        Ok(at) => Ok(low + at),
+        Err(at) => Err(low + at),
+    }
+}
 
 /// All metrics. See the module docs.
 #[derive(Debug, Default)]
@@ -367,6 +442,12 @@ struct Series {
     blocks: Vec<Sealed>,
     /// The newest points, sorted by timestamp.
     head: Vec<(i64, f64)>,
+    /// Points kept in the head after a seal (see [`SLACK_MOST`]), the seals since a point
+    /// landed just behind the head, and the farthest from the head's end a point was put since
+    /// the slack last changed.
+    slack: u16,
+    quiet_seals: u8,
+    reach: u16,
     len: usize,
     /// Bytes of the blocks, with their per-block overhead.
     block_bytes: usize,
@@ -382,6 +463,9 @@ impl Series {
             name,
             blocks: Vec::new(),
             head: Vec::new(),
+            slack: SLACK_LEAST as u16,
+            quiet_seals: 0,
+            reach: 0,
             len: 0,
             block_bytes: 0,
             late: Vec::new(),
@@ -418,59 +502,125 @@ impl Series {
     }
 
     fn contains(&self, timestamp: i64) -> bool {
+        if self.late.iter().any(|&(t, _)| t == timestamp) {
+            return true;
+        }
         match self.sealed_until() {
             Some(until) if timestamp <= until => {
-                if self
-                    .late
-                    .binary_search_by_key(&timestamp, |&(t, _)| t)
-                    .is_ok()
-                {
-                    return true;
-                }
                 let block = &self.blocks[self.block_for(timestamp)];
                 block.first() <= timestamp && block.iter().any(|(t, _)| t == timestamp)
             }
-            _ => self
-                .head
-                .binary_search_by_key(&timestamp, |&(t, _)| t)
-                .is_ok(),
+            _ => search_from_end(&self.head, timestamp).is_ok(),
         }
     }
 
+    /// Stores a point. Appends go to the head, and a new value for the newest point replaces
+    /// it; any other point waits in the late list (counted as new until a merge finds it
+    /// replaced one), so a write never shifts the head or decodes a block.
     fn insert(&mut self, timestamp: i64, value: f64) {
-        let added = match self.sealed_until() {
-            Some(until) if timestamp <= until => self.insert_late(timestamp, value),
-            _ => self.insert_head(timestamp, value),
-        };
-        if added {
-            self.len += 1;
-        }
-    }
-
-    /// Keeps a point older than the head in the late list; merges the list into the blocks
-    /// when it is full. Returns whether it is a new entry of the list.
-    fn insert_late(&mut self, timestamp: i64, value: f64) -> bool {
-        match self.late.binary_search_by_key(&timestamp, |&(t, _)| t) {
-            Ok(at) => {
-                self.late[at].1 = value;
-                false
-            }
-            Err(at) => {
-                self.late.insert(at, (timestamp, value));
-                if self.late.len() >= LATE_MOST {
-                    self.merge_late();
+        let newest = self.head.last().map(|&(t, _)| t).or(self.sealed_until());
+        match newest {
+            Some(newest) if timestamp == newest && !self.head.is_empty() => {
+                if let Some(last) = self.head.last_mut() {
+                    last.1 = value;
                 }
-                true
+            }
+            Some(newest) if timestamp <= newest => self.insert_late(timestamp, value),
+            _ => {
+                self.append(timestamp, value);
+                self.len += 1;
             }
         }
     }
 
-    /// Merges the late list into the blocks it belongs in: each block touched is decoded and
-    /// encoded once. Points that replaced a block's point are taken off `len` here.
+    /// Moves the newest blocks back into the head until `timestamp` is newer than every sealed
+    /// point (at most [`SLACK_MOST`] points): one decode now, rather than the same blocks decoded
+    /// and encoded again for each batch of late points until the larger head catches up.
+    fn unseal_after(&mut self, timestamp: i64) {
+        let mut points = Vec::new();
+        while let Some(block) = self.blocks.last() {
+            if timestamp > block.last() || points.len() + block.len() > SLACK_MOST {
+                break;
+            }
+            let mut older = Vec::with_capacity(block.len() + points.len());
+            block.decode_into(&mut older);
+            older.extend_from_slice(&points);
+            points = older;
+            self.block_bytes -= block.heap_bytes() + BLOCK_BYTES;
+            self.blocks.pop();
+        }
+        if !points.is_empty() {
+            let room = BLOCK_POINTS + usize::from(self.slack) + 1;
+            points.reserve(room.saturating_sub(points.len()).max(self.head.len()));
+            points.extend_from_slice(&self.head);
+            self.head = points;
+        }
+    }
+
+    /// About how many sealed points are newer than `timestamp`, if it is among the newest
+    /// [`SLACK_MOST`] sealed ones (interpolated within its block by timestamp).
+    fn sealed_behind(&self, timestamp: i64) -> Option<usize> {
+        let mut behind = 0;
+        for block in self.blocks.iter().rev() {
+            if timestamp > block.last() {
+                return Some(behind);
+            }
+            if timestamp >= block.first() {
+                let span = block.last().abs_diff(block.first()).max(1) as f64;
+                let within = block.last().abs_diff(timestamp) as f64 / span * block.len() as f64;
+                return Some(behind + within as usize).filter(|&n| n <= SLACK_MOST);
+            }
+            behind += block.len();
+            if behind > SLACK_MOST {
+                return None;
+            }
+        }
+        None
+    }
+
+    /// Keeps an out-of-order point in the late list; merges the list when it is full.
+    fn insert_late(&mut self, timestamp: i64, value: f64) {
+        // Just behind the head: writers interleave here, so keep enough of the head next time
+        // for a point this far back, at most once per seal so that a burst counts once.
+        if self.quiet_seals > 0 {
+            if let Some(behind) = self.sealed_behind(timestamp) {
+                let needed = self.head.len() + behind + 1;
+                let grown = needed.next_power_of_two().max(usize::from(self.slack) * 2);
+                self.slack = grown.min(SLACK_MOST) as u16;
+                self.quiet_seals = 0;
+                self.reach = 0;
+                self.unseal_after(timestamp);
+            }
+        }
+        self.late.push((timestamp, value));
+        self.len += 1;
+        if self.late.len() >= LATE_MOST {
+            self.merge_late();
+        }
+    }
+
+    /// Merges the late list into the head and the blocks it belongs in, in one pass over the
+    /// head and one decode and encode per block touched. Points that replaced another (in the
+    /// list itself, the head or a block) are taken off `len` here.
     fn merge_late(&mut self) {
-        let late = std::mem::take(&mut self.late);
+        let mut late = std::mem::take(&mut self.late);
+        // Stable, so that of two puts at one timestamp the later stays last.
+        late.sort_by_key(|&(t, _)| t);
         let mut replaced = 0;
-        let mut rest = &late[..];
+        let mut points = Vec::with_capacity(late.len());
+        for pair in late.windows(2) {
+            if pair[0].0 == pair[1].0 {
+                replaced += 1;
+            } else {
+                points.push(pair[0]);
+            }
+        }
+        points.extend(late.last());
+        let in_blocks = match self.sealed_until() {
+            Some(until) => points.partition_point(|&(t, _)| t <= until),
+            None => 0,
+        };
+        let (mut rest, recent) = points.split_at(in_blocks);
         while let Some(&(first, _)) = rest.first() {
             let at = self.block_for(first);
             // This block takes the late points up to the start of the next block.
@@ -482,75 +632,88 @@ impl Series {
             replaced += self.merge_into(at, mine);
             rest = others;
         }
+        if !recent.is_empty() {
+            let room = BLOCK_POINTS + usize::from(self.slack) + 1;
+            let needed = self.head.len() + recent.len();
+            self.head.reserve_exact(room.max(needed) - self.head.len());
+            let (head_replaced, reach) = merge_in_place(&mut self.head, recent);
+            replaced += head_replaced;
+            self.reach = self.reach.max(u16::try_from(reach).unwrap_or(u16::MAX));
+        }
         self.len -= replaced;
+        while self.head.len() > BLOCK_POINTS + usize::from(self.slack) {
+            self.seal();
+        }
     }
 
     /// Merges sorted `points` into block `at`; returns how many replaced a point there.
     fn merge_into(&mut self, at: usize, points: &[(i64, f64)]) -> usize {
-        let mut old = Vec::with_capacity(self.blocks[at].len());
-        self.blocks[at].decode_into(&mut old);
-        let mut merged = Vec::with_capacity(old.len() + points.len());
-        let mut replaced = 0;
-        let (mut i, mut j) = (0, 0);
-        while i < old.len() || j < points.len() {
-            match (old.get(i), points.get(j)) {
-                (Some(&a), Some(&b)) if a.0 == b.0 => {
-                    merged.push(b);
-                    replaced += 1;
-                    i += 1;
-                    j += 1;
-                }
-                (Some(&a), Some(&b)) if a.0 < b.0 => {
-                    merged.push(a);
-                    i += 1;
-                }
-                (_, Some(&b)) => {
-                    merged.push(b);
-                    j += 1;
-                }
-                (Some(&a), None) => {
-                    merged.push(a);
-                    i += 1;
-                }
-                (None, None) => break,
-            }
-        }
+        let mut merged = Vec::with_capacity(self.blocks[at].len() + points.len());
+        self.blocks[at].decode_into(&mut merged);
+        let (replaced, _) = merge_in_place(&mut merged, points);
         let blocks = merged.chunks(MERGED_POINTS).map(Block::encode).collect();
         self.replace_block(at, blocks);
         replaced
     }
 
-    /// Puts a point in the head; whether it is a new one (not a replaced value).
-    fn insert_head(&mut self, timestamp: i64, value: f64) -> bool {
-        // Appends, by far the most common case, skip the search.
-        let at = match self.head.last() {
-            Some(&(last, _)) if last < timestamp => self.head.len(),
-            _ => match self.head.binary_search_by_key(&timestamp, |&(t, _)| t) {
-                Ok(at) => {
-                    self.head[at].1 = value;
-                    return false;
-                }
-                Err(at) => at,
-            },
-        };
+    /// Appends a point newer than every other.
+    fn append(&mut self, timestamp: i64, value: f64) {
         if self.head.len() == self.head.capacity() {
-            // Small series stay small; a busy one's head settles at its most.
-            let grown = (self.head.len() * 2).clamp(4, HEAD_MOST + 1);
-            self.head.reserve_exact(grown - self.head.len());
+            // Small series stay small (doubling from 4); a busy one's head takes its most at
+            // once and keeps it, so heads of one size are freed and reused as slacks change.
+            let len = self.head.len();
+            let grown = if len < SMALL_HEAD {
+                (len * 2).max(4)
+            } else {
+                (BLOCK_POINTS + usize::from(self.slack) + 1).max(len + 1)
+            };
+            self.head.reserve_exact(grown - len);
         }
-        self.head.insert(at, (timestamp, value));
-        if self.head.len() > HEAD_MOST {
-            self.seal();
+        self.head.push((timestamp, value));
+        if self.head.len() > BLOCK_POINTS + usize::from(self.slack) {
+            let sealing_until = self.head[BLOCK_POINTS - 1].0;
+            if self.late.iter().all(|&(t, _)| t > sealing_until) {
+                self.seal();
+            } else {
+                // Late points belong among those about to be sealed.
+                self.merge_late();
+            }
         }
-        true
     }
 
     /// Moves the head's oldest points into a new block.
     fn seal(&mut self) {
-        let block = Block::encode(&self.head[..BLOCK_POINTS]);
-        self.block_bytes += block.heap_bytes() + BLOCK_BYTES;
+        let points = &self.head[..BLOCK_POINTS];
+        match self.blocks.last_mut() {
+            // Sealed points join the newest block until it is full: one block's overhead per
+            // SEALED_MOST points, not per seal.
+            Some(last) if last.len() + BLOCK_POINTS <= SEALED_MOST => {
+                let grown = last.append(points);
+                self.block_bytes = self.block_bytes + grown.heap_bytes() - last.heap_bytes();
+                *last = grown;
+            }
+            _ => {
+                let block = Block::encode(points);
+                self.block_bytes += block.heap_bytes() + BLOCK_BYTES;
+                self.blocks.push(block);
+            }
+        }
         self.head.drain(..BLOCK_POINTS);
-        self.blocks.push(block);
+        self.quiet_seals = self.quiet_seals.saturating_add(1);
+        if self.quiet_seals >= SLACK_QUIET_SEALS {
+            // Halves only if points did not reach that far back lately.
+            let half = (self.slack / 2).max(SLACK_LEAST as u16);
+            if half >= self.reach.saturating_mul(2) {
+                self.slack = half;
+            }
+            self.quiet_seals = 0;
+            self.reach = 0;
+        }
+        // A head that has outgrown its slack gives the room back.
+        let most = BLOCK_POINTS + usize::from(self.slack) + 1;
+        if self.head.capacity() > 2 * most {
+            self.head.shrink_to(most);
+        }
     }
 
     /// Puts `blocks` where block `at` was (none: it is removed).
@@ -613,7 +776,20 @@ impl Series {
             let end = self.blocks.partition_point(|b| b.first() <= to);
             (
                 self.blocks[start..end.max(start)].to_vec(),
-                in_range(&self.late),
+                {
+                    // Sorted, and of two puts at one timestamp only the later.
+                    let mut late: Vec<_> = self
+                        .late
+                        .iter()
+                        .copied()
+                        .filter(|&(t, _)| from <= t && t <= to)
+                        .collect();
+                    late.sort_by_key(|&(t, _)| t);
+                    late.reverse();
+                    late.dedup_by_key(|&mut (t, _)| t);
+                    late.reverse();
+                    late
+                },
                 in_range(&self.head),
             )
         };
@@ -664,10 +840,9 @@ impl SeriesSnapshot {
             .flat_map(|block| block.iter())
             .filter(move |&(t, _)| from <= t && t <= to);
         Overlaid {
-            under: sealed.peekable(),
+            under: sealed.chain(self.head.iter().copied()).peekable(),
             over: self.late.iter().copied().peekable(),
         }
-        .chain(self.head.iter().copied())
     }
 }
 
@@ -1006,5 +1181,80 @@ mod tests {
         }
         let per_point = store.memory_bytes() as f64 / store.points() as f64;
         assert!(per_point < 8.0, "{per_point:.2} bytes per point");
+    }
+
+    #[test]
+    fn searching_from_the_end_agrees_with_a_binary_search() {
+        let mut seed = 7;
+        for len in 0..70 {
+            let mut points: Vec<(i64, f64)> = (0..len)
+                .map(|_| ((lcg(&mut seed) % 200) as i64, 0.0))
+                .collect();
+            points.sort_by_key(|p| p.0);
+            points.dedup_by_key(|p| p.0);
+            for t in -1..=201 {
+                let want = points.binary_search_by_key(&t, |p| p.0);
+                assert_eq!(search_from_end(&points, t), want, "{t} in {points:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn interleaved_writers_earn_a_head_that_takes_their_points() {
+        // Two writers, one 300 points behind the other, on one series: after the first late
+        // points the slack grows until the lagging writer's points all land after the blocks.
+        let mut store = Store::new();
+        let interleave = |store: &mut Store, times: std::ops::Range<i64>| {
+            for t in times {
+                put(store, "m", 1.0, t + 300);
+                put(store, "m", 2.0, t);
+            }
+        };
+        interleave(&mut store, 0..10_000);
+        store.merge_late();
+        interleave(&mut store, 10_000..20_000);
+
+        let one = store.slots[0].as_ref().unwrap();
+        assert!(usize::from(one.slack) >= 300, "slack {}", one.slack);
+        let sealed = one.sealed_until().unwrap();
+        let behind = one.late.iter().filter(|&&(t, _)| t <= sealed).count();
+        assert_eq!(behind, 0, "points behind the head");
+        let want: Vec<(i64, f64)> = (0..20_300)
+            .map(|t| (t, if t < 20_000 { 2.0 } else { 1.0 }))
+            .collect();
+        assert_eq!(series(&store, "m"), want);
+        // Written in order again, the series gives the room back.
+        for t in 20_300..40_000 {
+            put(&mut store, "m", 3.0, t);
+        }
+        let one = store.slots[0].as_ref().unwrap();
+        assert_eq!(usize::from(one.slack), SLACK_LEAST);
+        assert!(one.head.capacity() <= 2 * (BLOCK_POINTS + SLACK_LEAST + 1));
+    }
+
+    #[test]
+    fn merging_in_place_agrees_with_a_map() {
+        let mut seed = 3;
+        for round in 0..2000 {
+            let mut set = |n: u64| {
+                let mut v: Vec<(i64, f64)> = (0..lcg(&mut seed) % n)
+                    .map(|_| ((lcg(&mut seed) % 60) as i64, lcg(&mut seed) as f64))
+                    .collect();
+                v.sort_by_key(|p| p.0);
+                v.dedup_by_key(|p| p.0);
+                v
+            };
+            let (mut points, new) = (set(40), set(1 + round % 30));
+            let mut model: BTreeMap<i64, f64> = points.iter().copied().collect();
+            let replaced = new
+                .iter()
+                .filter(|p| model.insert(p.0, p.1).is_some())
+                .count();
+            let reach = new
+                .first()
+                .map_or(0, |f| points.iter().filter(|p| p.0 >= f.0).count());
+            assert_eq!(merge_in_place(&mut points, &new), (replaced, reach));
+            assert_eq!(points, model.into_iter().collect::<Vec<_>>());
+        }
     }
 }
