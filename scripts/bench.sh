@@ -166,14 +166,29 @@ echo
 declare -A OURS THEIRS PIPE BPP GET_ALL GET_ONE
 
 # ---- Put rates, get rates and memory per point, before and after (issues 8 and 10) ----
+# The sides take turns run by run, so that a machine whose speed drifts (other load on a shared
+# VM) weighs on both alike; each figure is the median of its runs.
+median() { sort -n | awk '{v[NR] = $1} END {if (NR) print v[int((NR + 1) / 2)]}'; }
+declare -A RUNS
+for run in 1 2 3; do
+  for side in "${SIDES[@]}"; do
+    use "$side"
+    progress "$side: pipelined put rate, run $run"
+    RUNS[$side,pipe]+="$(put_rate pipe -c 1 -P 1000 -n "$PIPE_N") "
+  done
+done
+for side in "${SIDES[@]}"; do
+  PIPE[$side,rate]=$(printf '%s\n' ${RUNS[$side,pipe]} | median)
+done
+
+# Memory per point and get of everything on STORE_N points over 1000 metrics, and get of one
+# metric holding ONE_N points: each side's servers are loaded, then the gets take turns.
+declare -A STORE_ADDR STORE_PID ONE_ADDR ONE_PID
 for side in "${SIDES[@]}"; do
   use "$side"
-  progress "$side: pipelined put rate"
-  PIPE[$side,rate]=$(median3 put_rate pipe -c 1 -P 1000 -n "$PIPE_N")
-
-  # Memory per point, and get of everything, on STORE_N points over 1000 metrics.
-  progress "$side: $STORE_N points over 1000 metrics: memory and get *"
+  progress "$side: $STORE_N points over 1000 metrics: memory"
   start_server "store-$side"
+  STORE_ADDR[$side]=$ADDR STORE_PID[$side]=$PID
   rss0=$(rss_kib "$PID")
   bench -c 1 -P 1000 -n "$STORE_N" --keys 1000 >/dev/null
   settle "$PID"
@@ -185,16 +200,24 @@ for side in "${SIDES[@]}"; do
   fi
   [[ "$points" == "$STORE_N" ]] || { echo "$side: store holds $points of $STORE_N points" >&2; exit 1; }
   BPP[$side,bench]=$(awk -v a="$rss0" -v b="$rss1" -v n="$STORE_N" 'BEGIN {printf "%.1f", (b - a) * 1024 / n}')
-  t0=$(now); "$BIN" get --addr "$ADDR" --timeout 60 '*' >/dev/null; t1=$(now)
-  GET_ALL[$side,rate]=$(rate "$STORE_N" "$t0" "$t1")
-  stop_server
-
-  # Get of one metric holding ONE_N points.
   start_server "one-$side"
+  ONE_ADDR[$side]=$ADDR ONE_PID[$side]=$PID
   bench -c 1 -P 1000 -n "$ONE_N" --keys 1 >/dev/null
-  t0=$(now); "$BIN" get --addr "$ADDR" --timeout 60 bench.key0 >/dev/null; t1=$(now)
-  GET_ONE[$side,rate]=$(rate "$ONE_N" "$t0" "$t1")
-  stop_server
+done
+for run in 1 2 3 4 5; do
+  for side in "${SIDES[@]}"; do
+    use "$side"
+    progress "$side: get * and get of one metric, run $run"
+    t0=$(now); "$BIN" get --addr "${STORE_ADDR[$side]}" --timeout 60 '*' >/dev/null; t1=$(now)
+    RUNS[$side,get_all]+="$(rate "$STORE_N" "$t0" "$t1") "
+    t0=$(now); "$BIN" get --addr "${ONE_ADDR[$side]}" --timeout 60 bench.key0 >/dev/null; t1=$(now)
+    RUNS[$side,get_one]+="$(rate "$ONE_N" "$t0" "$t1") "
+  done
+done
+for side in "${SIDES[@]}"; do
+  GET_ALL[$side,rate]=$(printf '%s\n' ${RUNS[$side,get_all]} | median)
+  GET_ONE[$side,rate]=$(printf '%s\n' ${RUNS[$side,get_one]} | median)
+  for PID in "${STORE_PID[$side]}" "${ONE_PID[$side]}"; do stop_server; done
 done
 use after
 OURS[pipe]=${PIPE[after,rate]}

@@ -480,20 +480,59 @@ pub fn write_i64(out: &mut Vec<u8>, n: i64) {
     if n < 0 {
         out.push(b'-');
     }
-    out.extend_from_slice(digits(n.unsigned_abs(), &mut [0; 20]));
+    push_digits(out, n.unsigned_abs());
 }
 
-/// The decimal digits of `n`, written into the end of `buf`.
-pub fn digits(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut at = buf.len();
-    loop {
-        at -= 1;
-        buf[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buf[at..];
-        }
+/// "00" to "99": two digits per division when printing, which `get` does for every line.
+const DIGIT_PAIRS: &[u8; 200] = b"\
+    0001020304050607080910111213141516171819\
+    2021222324252627282930313233343536373839\
+    4041424344454647484950515253545556575859\
+    6061626364656667686970717273747576777879\
+    8081828384858687888990919293949596979899";
+
+/// The decimal digits of `n`, written at the start of `buf`.
+pub fn digits(n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let len = fill_digits(n, buf);
+    &buf[..len]
+}
+
+/// Writes the digits of `n` at the start of `buf`; returns how many.
+#[inline]
+fn fill_digits(mut n: u64, buf: &mut [u8; 20]) -> usize {
+    let len = n.checked_ilog10().map_or(1, |log| log as usize + 1);
+    let mut at = len;
+    while n >= 100 {
+        let pair = (n % 100) as usize * 2;
+        n /= 100;
+        at -= 2;
+        buf[at..at + 2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
     }
+    if n >= 10 {
+        let pair = n as usize * 2;
+        buf[..2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
+    } else {
+        buf[0] = b'0' + n as u8;
+    }
+    len
+}
+
+/// Appends the digits of `n`. The whole buffer is copied and the rest cut off: a copy of
+/// constant size is a few moves, where one of the digits' length is a call to `memcpy`.
+#[inline]
+fn push_digits(out: &mut Vec<u8>, n: u64) {
+    let mut buf = [0u8; 20];
+    let len = fill_digits(n, &mut buf);
+    let start = out.len();
+    out.extend_from_slice(&buf);
+    out.truncate(start + len);
+}
+
+/// Whether `value` is a whole number; for |value| < 2^63, where the cast is exact (one
+/// instruction each way, where `f64::trunc` may be a library call).
+#[inline]
+fn is_whole(value: f64) -> bool {
+    value as i64 as f64 == value
 }
 
 /// Appends `value` as Python's `repr(float)` prints it: the shortest digits that read back to the
@@ -511,7 +550,7 @@ pub fn write_float(out: &mut Vec<u8>, value: f64) {
         return;
     }
     // Whole numbers are most of what metrics carry; below 2^53 they print exactly as integers.
-    if value.trunc() == value && value.abs() < 1e15 {
+    if value.abs() < 1e15 && is_whole(value) {
         if value.is_sign_negative() {
             out.push(b'-');
         }
@@ -535,34 +574,32 @@ const SCALES: [f64; 4] = [10.0, 100.0, 1000.0, 10000.0];
 fn write_short_decimal(out: &mut Vec<u8>, value: f64) -> bool {
     for (d, scale) in SCALES.iter().enumerate() {
         let scaled = value * scale;
-        if scaled.trunc() != scaled || scaled.abs() >= 1e15 {
+        if scaled.abs() >= 1e15 || !is_whole(scaled) {
             continue;
         }
         if scaled / scale != value {
             return false;
         }
         let n = scaled.abs() as u64;
-        let places = d + 1;
-        let mut digits = [0u8; 20];
-        let mut at = digits.len();
-        let mut rest = n;
-        while rest > 0 || digits.len() - at <= places {
-            at -= 1;
-            digits[at] = b'0' + (rest % 10) as u8;
-            rest /= 10;
+        let (mut places, unit) = (d + 1, 10u64.pow(d as u32 + 1));
+        let mut fraction = n % unit;
+        while places > 1 && fraction.is_multiple_of(10) {
+            fraction /= 10;
+            places -= 1;
         }
-        let digits = &digits[at..];
-        let (whole, fraction) = digits.split_at(digits.len() - places);
-        let fraction = &fraction[..fraction
-            .iter()
-            .rposition(|&b| b != b'0')
-            .map_or(1, |i| i + 1)];
         if value.is_sign_negative() {
             out.push(b'-');
         }
-        out.extend_from_slice(whole);
-        out.push(b'.');
-        out.extend_from_slice(fraction);
+        push_digits(out, n / unit);
+        // The fraction's digits with their leading zeros, copied as a whole as in push_digits.
+        let mut text = [b'.', b'0', b'0', b'0', b'0'];
+        for place in (1..=places).rev() {
+            text[place] = b'0' + (fraction % 10) as u8;
+            fraction /= 10;
+        }
+        let start = out.len();
+        out.extend_from_slice(&text);
+        out.truncate(start + 1 + places);
         return true;
     }
     false
@@ -782,6 +819,22 @@ mod tests {
         let mut out = Vec::new();
         write_float(&mut out, v);
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn digits_match_display_at_every_length() {
+        let mut n = 1u64;
+        let mut cases = vec![0, u64::MAX];
+        while let Some(next) = n.checked_mul(10) {
+            cases.extend([n - 1, n, n + 1, n * 5, n * 7 + 3]);
+            n = next;
+        }
+        for n in cases {
+            let text = std::str::from_utf8(digits(n, &mut [0; 20]))
+                .unwrap()
+                .to_owned();
+            assert_eq!(text, n.to_string());
+        }
     }
 
     #[test]

@@ -586,10 +586,15 @@ impl Series {
             if let Some(behind) = self.sealed_behind(timestamp) {
                 let needed = self.head.len() + behind + 1;
                 let grown = needed.next_power_of_two().max(usize::from(self.slack) * 2);
-                self.slack = grown.min(SLACK_MOST) as u16;
+                let grown = grown.min(SLACK_MOST) as u16;
                 self.quiet_seals = 0;
                 self.reach = 0;
-                self.unseal_after(timestamp);
+                // Unsealing pays only when the head can then hold such points: not when the
+                // slack is at its most already, which would decode and seal again each time.
+                if grown > self.slack && needed <= SLACK_MOST {
+                    self.slack = grown;
+                    self.unseal_after(timestamp);
+                }
             }
         }
         self.late.push((timestamp, value));
@@ -1161,6 +1166,60 @@ mod tests {
             assert_eq!(get_star_bytes(&store, ALL), expected, "seed {seed}");
             store.merge_late();
             assert_eq!(get_star_bytes(&store, ALL), expected, "seed {seed}");
+            assert_eq!(store.points(), model.len());
+            let recount: usize = store.slots.iter().flatten().map(Series::bytes).sum();
+            assert_eq!(store.memory, recount);
+        }
+    }
+
+    #[test]
+    fn interleaving_writers_with_lags_match_a_plain_map() {
+        // Writers own every k-th timestamp of a few series and run ahead of each other by up to
+        // thousands of points, so heads grow and shrink their slack, blocks are unsealed,
+        // segments are appended and late points land in the head and in blocks.
+        for seed in 1..=4u64 {
+            let mut rng = seed.wrapping_mul(0x2545_f491_4f6c_dd1d);
+            let mut store = Store::new();
+            let mut model: BTreeMap<(String, i64), f64> = BTreeMap::new();
+            let writers = 2 + (seed % 4) as i64;
+            let mut next: Vec<i64> = (0..writers).collect();
+            for step in 0..120_000u64 {
+                let roll = lcg(&mut rng) >> 20;
+                // A writer that is often chosen runs ahead; the lag drifts over time.
+                let w = if roll % 8 < 5 {
+                    (step / 7_000) as usize % next.len()
+                } else {
+                    (roll % writers as u64) as usize
+                };
+                let metric = format!("s{}", (roll >> 8) % 3);
+                let t = next[w];
+                next[w] += writers;
+                let v = (roll % 1000) as f64 * 0.25;
+                put(&mut store, &metric, v, t);
+                model.insert((metric.clone(), t), v);
+                if roll.is_multiple_of(97) {
+                    // An overwrite somewhere in the last few thousand points.
+                    let back = t - (lcg(&mut rng) % 4000) as i64;
+                    put(&mut store, &metric, -1.0, back);
+                    model.insert((metric, back), -1.0);
+                }
+                if step % 40_000 == 39_999 {
+                    let mut expected = Vec::new();
+                    for ((m, t), v) in &model {
+                        crate::protocol::write_point(&mut expected, m, *v, *t);
+                    }
+                    assert_eq!(get_star_bytes(&store, ALL), expected, "seed {seed}");
+                }
+            }
+            let cutoff = 50_000;
+            store.expire_before(cutoff);
+            model.retain(|&(_, t), _| t >= cutoff);
+            let mut expected = Vec::new();
+            for ((m, t), v) in &model {
+                crate::protocol::write_point(&mut expected, m, *v, *t);
+            }
+            assert_eq!(get_star_bytes(&store, ALL), expected, "seed {seed}");
+            store.merge_late();
             assert_eq!(store.points(), model.len());
             let recount: usize = store.slots.iter().flatten().map(Series::bytes).sum();
             assert_eq!(store.memory, recount);
