@@ -7,7 +7,8 @@
 //!   it, saves how far it has got beside it (atomically, in a file named for the data file and
 //!   the upstream), and compaction keeps what any forwarder has not yet sent;
 //! - without, a bounded queue in memory ([`MemoryQueue`]): past `--forward-buffer` unsent
-//!   points the oldest unsent are dropped, counted and logged.
+//!   points the oldest unsent are dropped, counted and logged. It holds points as records;
+//!   the sender formats them on its own thread and keeps the lines for a resend ([`Window`]).
 //!
 //! Graphite plaintext has no acknowledgements: bytes written just before an upstream failed may
 //! never have been read, let alone stored. After every reconnect the forwarder starts again
@@ -39,10 +40,9 @@ const WRITE_BYTES: usize = 1 << 20;
 /// writes cost the server, and the upstream, far less than one per put batch.
 const MIN_WRITE: u64 = 1 << 20;
 const LINGER: Duration = Duration::from_millis(20);
-/// A memory queue's batches grow by appending up to this size while the sender has not taken
-/// them: few batches, each a large write.
+/// A memory queue's batches grow by appending up to this size: few of them, reused.
 const BATCH_BYTES: usize = 256 << 10;
-/// Buffers of batches sent and safe kept for new batches, at most.
+/// Buffers kept for reuse, at most: a memory queue's batches, and a window's lines.
 const SPARE_BATCHES: usize = 4;
 /// How far back a forwarder starts again after a reconnect, in time...
 pub const RESEND_WINDOW: Duration = Duration::from_secs(5);
@@ -227,17 +227,17 @@ impl Upstream {
 
     /// Appends lines from `position` on (whole lines, about `most` bytes at most) to `out`;
     /// waits up to `wait` for some when there are none, and up to [`LINGER`] for more when
-    /// there are less than [`MIN_WRITE`] bytes. Returns the position after them: past the
-    /// bytes read, or past points dropped from a memory queue. `scratch` holds a memory
-    /// queue's batches on their way to `out`.
+    /// there are less than [`MIN_WRITE`] bytes. Returns the position after them, and in
+    /// memory mode, when they were new, taken from the queue, their points: the caller then
+    /// keeps them in `window` ([`Window::keep`]). A memory-mode resend comes from `window`.
     fn read(
         &self,
         position: u64,
         most: usize,
         wait: Duration,
-        scratch: &mut Vec<Arc<Vec<u8>>>,
+        window: &mut Window,
         out: &mut Vec<u8>,
-    ) -> io::Result<u64> {
+    ) -> io::Result<(u64, Option<u64>)> {
         match &self.source {
             Source::File { journal, .. } => {
                 let started = Instant::now();
@@ -267,32 +267,32 @@ impl Upstream {
                     // Written bytes that cannot be read: do not spin on them.
                     thread::sleep(wait);
                 }
-                Ok(position + (out.len() - start) as u64)
+                Ok((position + (out.len() - start) as u64, None))
             }
             Source::Memory(queue) => {
-                let next = queue.read(position, most, wait, scratch);
-                let mut timestamp = TimestampText::default();
-                for records in scratch.iter() {
-                    write_lines(records, &mut timestamp, out);
+                if let Some(next) = window.resend(position, most, out) {
+                    return Ok((next, None));
                 }
-                // Let go of them at once: a batch no longer kept is then reused.
-                scratch.clear();
-                Ok(next)
+                let (next, points) = queue.take(most, wait, &mut window.taken);
+                for records in &window.taken {
+                    write_lines(records, &mut window.timestamp, out);
+                }
+                // Back at once, still in cache, for new batches.
+                queue.recycle(&mut window.taken);
+                Ok((next, Some(points)))
             }
         }
     }
 
     /// The position the sender starts from after a (re)connect.
     fn resume_from(&self) -> u64 {
-        match &self.source {
-            Source::File { .. } => self.safe.load(Ordering::Acquire),
-            Source::Memory(queue) => queue.resume_from(),
-        }
+        self.safe.load(Ordering::Acquire)
     }
 
     /// Records that `bytes`, read from `from` up to `to`, were written to the upstream, and
-    /// that everything before `safe` is now safe. Lines sent before (a resend) are not new.
-    fn advance(&self, from: u64, bytes: &[u8], to: u64, safe: u64) {
+    /// that everything before `safe` is now safe. In file mode lines sent before (a resend)
+    /// are not new; in memory mode the caller says how many points are (`new_points`).
+    fn advance(&self, from: u64, bytes: &[u8], to: u64, safe: u64, new_points: u64) {
         let new_lines = match &self.source {
             Source::File { .. } => {
                 let before = self.sent_most.fetch_max(to, Ordering::AcqRel);
@@ -306,7 +306,10 @@ impl Upstream {
                 self.lines_sent.fetch_add(fresh, Ordering::Relaxed);
                 fresh
             }
-            Source::Memory(queue) => queue.advance(to, safe),
+            Source::Memory(queue) => {
+                queue.sent(new_points);
+                new_points
+            }
         };
         if new_lines > 0 {
             self.totals.sent.fetch_add(new_lines, Ordering::Relaxed);
@@ -388,14 +391,12 @@ impl TimestampText {
 }
 
 /// Put batches' points, as records, in a [`MemoryQueue`]: a later batch is appended to the last
-/// one while the sender has not taken it and it is under [`BATCH_BYTES`]. Shared with the
-/// sender, which so formats and writes them without holding the queue's lock; only batches it
-/// has not taken change.
+/// one while it is under [`BATCH_BYTES`].
 #[derive(Debug)]
 struct Batch {
     /// The position of its first byte.
     start: u64,
-    records: Arc<Vec<u8>>,
+    records: Vec<u8>,
     points: u64,
 }
 
@@ -405,11 +406,10 @@ impl Batch {
     }
 }
 
-/// The stream of points for one upstream without a data file: batches in put order, from the
-/// oldest still kept for a resend to the newest. Holds at most `bound` points waiting to be
-/// sent (besides the one write under way); past that the oldest are dropped (the bytes of
-/// dropped points are a gap in the positions, which the sender skips). What was sent is kept
-/// until it is safe: the resend window.
+/// The points waiting for one upstream without a data file, in put order, as records. Holds at
+/// most `bound` of them; past that the oldest are dropped (the bytes of dropped points are a
+/// gap in the positions). The sender takes them from the front: what it has taken, and the
+/// resend window, it keeps itself ([`Window`]).
 #[derive(Debug)]
 pub(crate) struct MemoryQueue {
     state: Mutex<QueueState>,
@@ -422,23 +422,18 @@ struct QueueState {
     batches: VecDeque<Batch>,
     /// Position just past the last byte.
     end: u64,
-    /// The position up to which the sender has written: points from here on are unsent.
-    sent: u64,
-    /// The position up to which the sender has read: what it may be writing now, never
-    /// dropped.
+    /// The position up to which the sender has taken: where the batches start, gaps aside.
     claimed: u64,
-    /// The sender's safe position: what is before it is not kept.
-    safe: u64,
-    /// Points from `sent` on (what `stats` calls pending), and from `claimed` on (what the
-    /// bound applies to).
+    /// Points not yet sent (what `stats` calls pending), and of those the ones waiting here
+    /// (what the bound applies to).
     unsent_points: u64,
     waiting_points: u64,
     dropped: u64,
     /// The sender waits until `end` reaches this; a push that gets it there wakes it. Pushes
     /// that do not cost no wakeup (nor system call).
     wake_at: u64,
-    /// Buffers of batches no longer kept, for new ones: fresh memory would cost page faults on
-    /// the thread that serves the client, under the store lock.
+    /// Buffers of batches the sender has formatted, for new ones: fresh memory would cost
+    /// page faults on the thread that serves the client, under the store lock.
     spare: Vec<Vec<u8>>,
 }
 
@@ -448,9 +443,7 @@ impl MemoryQueue {
             state: Mutex::new(QueueState {
                 batches: VecDeque::new(),
                 end: 0,
-                sent: 0,
                 claimed: 0,
-                safe: 0,
                 unsent_points: 0,
                 waiting_points: 0,
                 dropped: 0,
@@ -463,7 +456,7 @@ impl MemoryQueue {
     }
 
     /// Adds `points` points, as records ([`push_record`]). Never waits for the sender. Returns
-    /// how many points were dropped to stay within the bound: the oldest unsent ones, point by
+    /// how many points were dropped to stay within the bound: the oldest waiting ones, point by
     /// point, so the newest `bound` are kept whatever the batches' sizes.
     pub fn push(&self, records: &[u8], points: u64) -> u64 {
         let mut state = lock(&self.state);
@@ -471,14 +464,11 @@ impl MemoryQueue {
         state.end += records.len() as u64;
         state.unsent_points += points;
         state.waiting_points += points;
-        let claimed = state.claimed;
         match state.batches.back_mut() {
             Some(last)
-                if last.start >= claimed
-                    && last.end() == start
-                    && last.records.len() + records.len() <= BATCH_BYTES =>
+                if last.end() == start && last.records.len() + records.len() <= BATCH_BYTES =>
             {
-                Arc::make_mut(&mut last.records).extend_from_slice(records);
+                last.records.extend_from_slice(records);
                 last.points += points;
             }
             _ => {
@@ -486,7 +476,7 @@ impl MemoryQueue {
                 buffer.extend_from_slice(records);
                 state.batches.push_back(Batch {
                     start,
-                    records: Arc::new(buffer),
+                    records: buffer,
                     points,
                 });
             }
@@ -494,15 +484,12 @@ impl MemoryQueue {
         let mut dropped = 0;
         while state.waiting_points > self.bound {
             let excess = state.waiting_points - self.bound;
-            // The oldest unsent batch the sender has not yet taken.
-            let claimed = state.claimed;
-            let at = state.batches.partition_point(|b| b.start < claimed);
-            let Some(batch) = state.batches.get_mut(at) else {
+            let Some(batch) = state.batches.front_mut() else {
                 break;
             };
             let cut = if batch.points <= excess {
                 let whole = batch.points;
-                state.batches.remove(at);
+                state.batches.pop_front();
                 whole
             } else {
                 // Its oldest `excess` points go; later positions are unchanged.
@@ -510,7 +497,7 @@ impl MemoryQueue {
                 for _ in 0..excess {
                     bytes_cut += record_len(&batch.records[bytes_cut..]);
                 }
-                Arc::make_mut(&mut batch.records).drain(..bytes_cut);
+                batch.records.drain(..bytes_cut);
                 batch.start += bytes_cut as u64;
                 batch.points -= excess;
                 excess
@@ -531,14 +518,15 @@ impl MemoryQueue {
         dropped
     }
 
-    /// Appends whole batches from `position` on (at least one, then up to `most` bytes) to
-    /// `out`, and returns the position after them. With nothing there it waits up to `wait`;
-    /// with less than [`MIN_WRITE`], up to [`LINGER`] for more.
-    fn read(&self, position: u64, most: usize, wait: Duration, out: &mut Vec<Arc<Vec<u8>>>) -> u64 {
+    /// Moves whole batches from the front (at least one, then up to `most` bytes) to `out`.
+    /// With nothing waiting it waits up to `wait`; with less than [`MIN_WRITE`] bytes, up to
+    /// [`LINGER`] for more. Returns the position after them (past dropped points, when none
+    /// are left) and how many points they hold.
+    fn take(&self, most: usize, wait: Duration, out: &mut Vec<Vec<u8>>) -> (u64, u64) {
         let started = Instant::now();
         let mut state = lock(&self.state);
         loop {
-            let available = state.end.saturating_sub(position);
+            let available = state.end - state.claimed;
             let (want, until) = if available == 0 {
                 (1, wait)
             } else {
@@ -548,7 +536,7 @@ impl MemoryQueue {
             if available >= want || waited >= until {
                 break;
             }
-            state.wake_at = position + want;
+            state.wake_at = state.claimed + want;
             state = self
                 .grew
                 .wait_timeout(state, until - waited)
@@ -556,75 +544,120 @@ impl MemoryQueue {
                 .0;
         }
         state.wake_at = u64::MAX;
-        let first = state.batches.partition_point(|b| b.start < position);
-        let mut next = position;
-        let mut bytes = 0;
-        let mut taken = 0;
-        let claimed = state.claimed;
-        for batch in state.batches.range_mut(first..) {
+        let (mut bytes, mut points) = (0, 0);
+        while let Some(batch) = state.batches.front() {
             if bytes > 0 && bytes + batch.records.len() > most {
                 break;
             }
-            if batch.start >= claimed {
-                // A spare buffer that took a small batch: it is kept for the resend window,
-                // so it should not hold on to memory it will not use.
-                let records = Arc::make_mut(&mut batch.records);
-                if records.capacity() > 2 * records.len().max(4096) {
-                    records.shrink_to_fit();
-                }
-            }
-            out.push(Arc::clone(&batch.records));
-            bytes += batch.records.len();
-            next = batch.end();
-            if batch.start >= claimed {
-                taken += batch.points;
-            }
-        }
-        if bytes == 0 {
-            // Nothing kept from `position` on: whatever was there was dropped.
-            next = state.end.max(position);
-        }
-        state.claimed = state.claimed.max(next);
-        state.waiting_points -= taken.min(state.waiting_points);
-        next
-    }
-
-    fn resume_from(&self) -> u64 {
-        let state = lock(&self.state);
-        state.safe
-    }
-
-    /// Records that the sender wrote up to `sent` and that `safe` is safe; returns the points
-    /// newly sent.
-    fn advance(&self, sent: u64, safe: u64) -> u64 {
-        let mut state = lock(&self.state);
-        let mut newly = 0;
-        if sent > state.sent {
-            let before = state.sent;
-            let from = state.batches.partition_point(|b| b.start < before);
-            newly = state
-                .batches
-                .range(from..)
-                .take_while(|b| b.start < sent)
-                .map(|b| b.points)
-                .sum();
-            state.unsent_points -= newly.min(state.unsent_points);
-            state.sent = sent;
-        }
-        state.safe = state.safe.max(safe);
-        // What is safe is no longer needed for a resend.
-        while state.batches.front().is_some_and(|b| b.end() <= state.safe) {
             let Some(batch) = state.batches.pop_front() else {
                 break;
             };
-            if let Ok(mut buffer) = Arc::try_unwrap(batch.records) {
-                if state.spare.len() < SPARE_BATCHES && buffer.capacity() <= 2 * BATCH_BYTES {
-                    buffer.clear();
-                    state.spare.push(buffer);
+            bytes += batch.records.len();
+            points += batch.points;
+            state.claimed = batch.end();
+            out.push(batch.records);
+        }
+        if bytes == 0 {
+            // Nothing left: whatever was there was dropped.
+            state.claimed = state.end;
+        }
+        state.waiting_points -= points.min(state.waiting_points);
+        (state.claimed, points)
+    }
+
+    /// Gives back the buffers of taken batches, for new ones.
+    fn recycle(&self, buffers: &mut Vec<Vec<u8>>) {
+        let mut state = lock(&self.state);
+        for mut buffer in buffers.drain(..) {
+            if state.spare.len() < SPARE_BATCHES && buffer.capacity() <= 2 * BATCH_BYTES {
+                buffer.clear();
+                state.spare.push(buffer);
+            }
+        }
+    }
+
+    /// Counts `points` taken points as sent.
+    fn sent(&self, points: u64) {
+        if points > 0 {
+            let mut state = lock(&self.state);
+            state.unsent_points -= points.min(state.unsent_points);
+        }
+    }
+}
+
+/// Memory mode: the lines a sender has taken from its queue and formatted, from its safe
+/// position on: the resend window. The sender keeps them, so that the memory they take is
+/// allocated and first touched on its thread, and the queue's few buffers go back to it
+/// while still in cache.
+#[derive(Debug, Default)]
+struct Window {
+    chunks: VecDeque<Chunk>,
+    /// Buffers of chunks no longer kept, for the next lines.
+    spare: Vec<Vec<u8>>,
+    /// Batches taken from the queue, on their way back to it.
+    taken: Vec<Vec<u8>>,
+    timestamp: TimestampText,
+}
+
+/// Lines written (or being written) to the upstream.
+#[derive(Debug)]
+struct Chunk {
+    /// The position just past them.
+    end: u64,
+    lines: Vec<u8>,
+    /// Their points not yet counted as sent: all of them until a write of them succeeds.
+    uncounted: u64,
+}
+
+impl Window {
+    /// Appends the kept lines from `position` on (at least one chunk, then up to `most`
+    /// bytes) to `out`, when there are any; returns the position after them.
+    fn resend(&self, position: u64, most: usize, out: &mut Vec<u8>) -> Option<u64> {
+        let first = self.chunks.partition_point(|c| c.end <= position);
+        let mut next = None;
+        for chunk in self.chunks.range(first..) {
+            if next.is_some() && out.len() + chunk.lines.len() > most {
+                break;
+            }
+            out.extend_from_slice(&chunk.lines);
+            next = Some(chunk.end);
+        }
+        next
+    }
+
+    /// Keeps new lines, up to position `end`; `uncounted` of their points are not yet counted
+    /// as sent. Takes `lines`, leaving an empty buffer in its place.
+    fn keep(&mut self, end: u64, lines: &mut Vec<u8>, uncounted: u64) {
+        let spare = self.spare.pop().unwrap_or_default();
+        self.chunks.push_back(Chunk {
+            end,
+            lines: std::mem::replace(lines, spare),
+            uncounted,
+        });
+    }
+
+    /// Counts as sent the points of kept lines written up to `to`; returns how many.
+    fn count_sent(&mut self, to: u64) -> u64 {
+        let mut counted = 0;
+        for chunk in self.chunks.iter_mut().rev() {
+            if chunk.end <= to {
+                counted += std::mem::take(&mut chunk.uncounted);
+            }
+        }
+        counted
+    }
+
+    /// Lets go of what is before `safe`.
+    fn forget(&mut self, safe: u64) {
+        while self.chunks.front().is_some_and(|c| c.end <= safe) {
+            if let Some(chunk) = self.chunks.pop_front() {
+                let mut lines = chunk.lines;
+                if self.spare.len() < SPARE_BATCHES && lines.capacity() <= 4 * WRITE_BYTES {
+                    lines.clear();
+                    self.spare.push(lines);
                 }
             }
         }
-        newly
     }
 }
 
@@ -637,6 +670,8 @@ struct Sender<'a> {
     outage: Option<(Instant, u64)>,
     drops_logged: u64,
     drops_logged_at: Option<Instant>,
+    /// Memory mode: the resend window.
+    window: Window,
 }
 
 impl Sender<'_> {
@@ -674,6 +709,7 @@ pub(crate) fn run(upstream: &Upstream) {
         outage: None,
         drops_logged: 0,
         drops_logged_at: None,
+        window: Window::default(),
     };
     loop {
         sender.note_drops();
@@ -737,13 +773,20 @@ fn send(sender: &mut Sender<'_>, mut stream: TcpStream) -> io::Error {
     let mut written = 0u64;
     let mut saved = Instant::now();
     let mut buf = Vec::with_capacity(WRITE_BYTES);
-    let mut scratch = Vec::new();
     loop {
         buf.clear();
-        let next = match upstream.read(position, WRITE_BYTES, IDLE_CHECK, &mut scratch, &mut buf) {
-            Ok(next) => next,
+        let read = upstream.read(
+            position,
+            WRITE_BYTES,
+            IDLE_CHECK,
+            &mut sender.window,
+            &mut buf,
+        );
+        let (next, taken) = match read {
+            Ok(read) => read,
             Err(e) => return e,
         };
+        let mut new_points = 0;
         let now = Instant::now();
         if buf.is_empty() {
             // Nothing to send: make sure the upstream is still there, so what went out last
@@ -752,7 +795,17 @@ fn send(sender: &mut Sender<'_>, mut stream: TcpStream) -> io::Error {
                 return e;
             }
         } else {
-            if let Err(e) = stream.write_all(&buf) {
+            let result = stream.write_all(&buf);
+            let length = buf.len() as u64;
+            if let Some(points) = taken {
+                // Kept before anything else: taken from the queue, they are only here now.
+                let uncounted = if result.is_ok() { 0 } else { points };
+                sender.window.keep(next, &mut buf, uncounted);
+                new_points = points - uncounted;
+            } else if result.is_ok() {
+                new_points = sender.window.count_sent(next);
+            }
+            if let Err(e) = result {
                 return match e.kind() {
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => io::Error::new(
                         io::ErrorKind::TimedOut,
@@ -761,7 +814,7 @@ fn send(sender: &mut Sender<'_>, mut stream: TcpStream) -> io::Error {
                     _ => e,
                 };
             }
-            written += buf.len() as u64;
+            written += length;
             let when = Instant::now();
             let full = marks.len() >= MARKS_MOST;
             match marks.back_mut() {
@@ -777,7 +830,7 @@ fn send(sender: &mut Sender<'_>, mut stream: TcpStream) -> io::Error {
                 }
                 _ => marks.push_back(Mark {
                     opened: when,
-                    opened_at: written - buf.len() as u64,
+                    opened_at: written - length,
                     when,
                     position: next,
                     written,
@@ -798,7 +851,8 @@ fn send(sender: &mut Sender<'_>, mut stream: TcpStream) -> io::Error {
                 break;
             }
         }
-        upstream.advance(position, &buf, next, safe);
+        upstream.advance(position, &buf, next, safe, new_points);
+        sender.window.forget(safe);
         position = next;
         sender.note_drops();
         if now.duration_since(saved) >= SAVE_EVERY {
@@ -929,14 +983,16 @@ mod tests {
     /// A record's length for a one-character name: positions in the tests are multiples.
     const R: u64 = RECORD_HEAD as u64 + 1;
 
-    /// Reads from `position` without waiting; returns the position after and the lines.
-    fn take(queue: &MemoryQueue, position: u64) -> (u64, String) {
+    /// Takes what is waiting without waiting; returns the position after and the lines.
+    fn take(queue: &MemoryQueue) -> (u64, String) {
         let mut batches = Vec::new();
-        let next = queue.read(position, 1 << 20, Duration::ZERO, &mut batches);
+        let (next, points) = queue.take(1 << 20, Duration::ZERO, &mut batches);
         let mut out = Vec::new();
         for records in &batches {
             write_lines(records, &mut TimestampText::default(), &mut out);
         }
+        assert_eq!(points as usize, out.iter().filter(|&&b| b == b'\n').count());
+        queue.recycle(&mut batches);
         (next, String::from_utf8(out).unwrap())
     }
 
@@ -972,10 +1028,11 @@ mod tests {
         assert_eq!(queue.push(&records("cd"), 2), 0);
         assert_eq!(queue.push(&records("e"), 1), 1);
         assert_eq!(
-            take(&queue, 0),
+            take(&queue),
             (5 * R, "b 1.0 1\nc 1.0 1\nd 1.0 1\ne 1.0 1\n".into())
         );
-        assert_eq!(queue.advance(5 * R, 0), 4);
+        assert_eq!(lock(&queue.state).unsent_points, 4);
+        queue.sent(4);
         assert_eq!(lock(&queue.state).unsent_points, 0);
     }
 
@@ -984,55 +1041,52 @@ mod tests {
         let queue = MemoryQueue::new(2);
         assert_eq!(queue.push(&records("a"), 1), 0);
         assert_eq!(queue.push(&records("bcd"), 3), 2);
-        assert_eq!(take(&queue, 0), (4 * R, "c 1.0 1\nd 1.0 1\n".into()));
-        assert_eq!(queue.advance(4 * R, 0), 2);
+        assert_eq!(take(&queue), (4 * R, "c 1.0 1\nd 1.0 1\n".into()));
         assert_eq!(lock(&queue.state).dropped, 2);
     }
 
     #[test]
-    fn points_being_written_are_never_dropped_and_are_counted_once() {
+    fn points_taken_by_the_sender_are_never_dropped() {
         let queue = MemoryQueue::new(1);
         queue.push(&records("a"), 1);
         // The sender has taken `a` and is writing it when `b` and `c` come: the bound is on
         // points waiting, so `b` is dropped for `c`, and `a` is not touched.
-        assert_eq!(take(&queue, 0), (R, "a 1.0 1\n".into()));
+        assert_eq!(take(&queue), (R, "a 1.0 1\n".into()));
         assert_eq!(queue.push(&records("b"), 1), 0);
         assert_eq!(queue.push(&records("c"), 1), 1);
         assert_eq!(lock(&queue.state).unsent_points, 2);
-        assert_eq!(queue.advance(R, 0), 1);
-        // `b` was dropped: the sender skips its bytes and sends `c`.
-        assert_eq!(take(&queue, R), (3 * R, "c 1.0 1\n".into()));
-        assert_eq!(queue.advance(3 * R, 0), 1);
-        // A resend from the start after a reconnect sends both again, as not new.
-        assert_eq!(take(&queue, 0), (3 * R, "a 1.0 1\nc 1.0 1\n".into()));
-        assert_eq!(queue.advance(3 * R, 0), 0);
+        // `b` was dropped: the sender skips its bytes and gets `c`.
+        assert_eq!(take(&queue), (3 * R, "c 1.0 1\n".into()));
         let state = lock(&queue.state);
-        assert_eq!((state.unsent_points, state.dropped), (0, 1));
+        assert_eq!((state.unsent_points, state.dropped), (2, 1));
     }
 
     #[test]
     fn a_sender_past_only_dropped_points_moves_to_the_end() {
         let queue = MemoryQueue::new(0);
         assert_eq!(queue.push(&records("a"), 1), 1);
-        assert_eq!(take(&queue, 0), (R, String::new()));
+        assert_eq!(take(&queue), (R, String::new()));
     }
 
     #[test]
-    fn the_memory_queue_keeps_what_is_not_yet_safe_for_a_resend() {
-        let queue = MemoryQueue::new(100);
-        queue.push(&records("a"), 1);
-        queue.push(&records("b"), 1);
-        // Pushed before the sender took any: one batch, taken and kept as one.
-        assert_eq!(take(&queue, 0), (2 * R, "a 1.0 1\nb 1.0 1\n".into()));
-        queue.advance(2 * R, 0);
-        assert_eq!(lock(&queue.state).unsent_points, 0);
-        assert_eq!(take(&queue, queue.resume_from()).1, "a 1.0 1\nb 1.0 1\n");
-        // A batch the sender has taken is closed: `c` starts one of its own.
-        queue.push(&records("c"), 1);
-        assert_eq!(take(&queue, 2 * R), (3 * R, "c 1.0 1\n".into()));
-        queue.advance(3 * R, 2 * R);
-        assert_eq!(lock(&queue.state).batches.len(), 1);
-        assert_eq!(take(&queue, queue.resume_from()).1, "c 1.0 1\n");
+    fn the_window_resends_what_is_not_yet_safe_and_counts_points_once() {
+        let mut window = Window::default();
+        // The first write failed, the second worked.
+        window.keep(10, &mut b"a 1.0 1\n".to_vec(), 1);
+        window.keep(20, &mut b"b 1.0 1\n".to_vec(), 0);
+        let mut out = Vec::new();
+        assert_eq!(window.resend(0, 1 << 20, &mut out), Some(20));
+        assert_eq!(out, b"a 1.0 1\nb 1.0 1\n");
+        // Resent: `a` is counted now, and not again.
+        assert_eq!(window.count_sent(20), 1);
+        assert_eq!(window.count_sent(20), 0);
+        window.forget(10);
+        out.clear();
+        assert_eq!(window.resend(10, 1 << 20, &mut out), Some(20));
+        assert_eq!(out, b"b 1.0 1\n");
+        assert_eq!(window.resend(20, 1 << 20, &mut out), None);
+        window.forget(20);
+        assert!(window.chunks.is_empty());
     }
 
     #[test]
@@ -1045,7 +1099,7 @@ mod tests {
             let big = records(&"b".repeat(MIN_WRITE as usize / R as usize + 1));
             pusher.push(&big, big.len() as u64 / R);
         });
-        let next = queue.read(0, 4 << 20, Duration::from_secs(60), &mut Vec::new());
+        let (next, _) = queue.take(4 << 20, Duration::from_secs(60), &mut Vec::new());
         filler.join().unwrap();
         // Either the linger ran out with `a` alone, or the batch came in time: never stuck.
         assert!(next == R || next >= MIN_WRITE, "{next}");
@@ -1070,7 +1124,13 @@ mod tests {
     fn read_all(upstream: &Upstream, from: u64) -> String {
         let mut out = Vec::new();
         upstream
-            .read(from, 1 << 20, Duration::ZERO, &mut Vec::new(), &mut out)
+            .read(
+                from,
+                1 << 20,
+                Duration::ZERO,
+                &mut Window::default(),
+                &mut out,
+            )
             .unwrap();
         String::from_utf8(out).unwrap()
     }
@@ -1090,7 +1150,7 @@ mod tests {
         assert_eq!(upstream.pending(), 100);
         // Sent up to line 40, of which up to line 30 is safe.
         let (sent, safe) = (expected(0..40), expected(0..30).len() as u64);
-        upstream.advance(0, sent.as_bytes(), sent.len() as u64, safe);
+        upstream.advance(0, sent.as_bytes(), sent.len() as u64, safe, 0);
         assert_eq!(upstream.pending(), 60);
         // A compaction, with the tail kept from the safe point.
         let at = journal.position();
