@@ -472,13 +472,27 @@ fwd_rate() {
   rm -rf "$dir"
   echo "$puts ${forwarded:-none-arrived}"
 }
+# The four shapes take turns, FWD_RUNS rounds, so that a neighbour's load falls on all of
+# them alike; each cell is the median of its runs, and FWD[...,spread] the range of the ratio
+# with to without --forward over the rounds.
+FWD_RUNS=5
 declare -A FWD
 if "${BINS[after]}" help server | grep -q -- '--forward'; then
-  progress "after: forwarding"
-  FWD[memory]=$(median3 fwd_rate fwd)
-  FWD[memory_fwd]=$(median3 fwd_rate fwd --forward SINK)
-  FWD[data]=$(median3 fwd_rate fwd --data DATAFILE)
-  FWD[data_fwd]=$(median3 fwd_rate fwd --data DATAFILE --forward SINK)
+  progress "after: forwarding, $FWD_RUNS rounds"
+  for _ in $(seq "$FWD_RUNS"); do
+    fwd_rate fwd >>"$TMP/fwd.memory"
+    fwd_rate fwd --forward SINK >>"$TMP/fwd.memory_fwd"
+    fwd_rate fwd --data DATAFILE >>"$TMP/fwd.data"
+    fwd_rate fwd --data DATAFILE --forward SINK >>"$TMP/fwd.data_fwd"
+  done
+  for shape in memory memory_fwd data data_fwd; do
+    FWD[$shape]=$(sort -n "$TMP/fwd.$shape" | sed -n "$(((FWD_RUNS + 1) / 2))p")
+  done
+  for mode in memory data; do
+    FWD[$mode,spread]=$(paste -d ' ' "$TMP/fwd.$mode" "$TMP/fwd.${mode}_fwd" |
+      awk '$1 > 0 && $3 ~ /^[0-9.]+$/ {r = 100 * $3 / $1; if (!n++ || r < lo) lo = r; if (r > hi) hi = r}
+        END {if (n) printf "%.0f-%.0f%%", lo, hi; else printf "-"}')
+  done
 fi
 rm -rf "$DATA_DIR"
 
@@ -580,12 +594,13 @@ if [[ -n "${FWD[memory]:-}" ]]; then
   fwd() { awk '{print $2}' <<<"$1" | tr '-' ' '; }
   echo
   echo "Forwarding to a local sink that reads and discards (scripts/sink.py), pipelined put (-P 1000),"
-  echo "1 connection, $PIPE_N puts, median of three; forwarded = points / time until the sink had them all:"
+  echo "1 connection, $PIPE_N puts, median of $FWD_RUNS alternating rounds; forwarded = points / time until"
+  echo "the sink had them all; spread = the lowest and highest ratio of a round:"
   echo
-  echo "| server | puts/s | of the same without --forward | forwarded points/s |"
+  echo "| server | puts/s | of the same without --forward (spread) | forwarded points/s |"
   echo "|---|---|---|---|"
   echo "| in memory | $(fw "${FWD[memory]}") | 100% | - |"
-  echo "| in memory, --forward | $(fw "${FWD[memory_fwd]}") | $(pct "$(fw "${FWD[memory_fwd]}")" "$(fw "${FWD[memory]}")") | $(fwd "${FWD[memory_fwd]}") |"
+  echo "| in memory, --forward | $(fw "${FWD[memory_fwd]}") | $(pct "$(fw "${FWD[memory_fwd]}")" "$(fw "${FWD[memory]}")") (${FWD[memory,spread]}) | $(fwd "${FWD[memory_fwd]}") |"
   echo "| --data (everysec) | $(fw "${FWD[data]}") | 100% | - |"
-  echo "| --data (everysec), --forward | $(fw "${FWD[data_fwd]}") | $(pct "$(fw "${FWD[data_fwd]}")" "$(fw "${FWD[data]}")") | $(fwd "${FWD[data_fwd]}") |"
+  echo "| --data (everysec), --forward | $(fw "${FWD[data_fwd]}") | $(pct "$(fw "${FWD[data_fwd]}")" "$(fw "${FWD[data]}")") (${FWD[data,spread]}) | $(fwd "${FWD[data_fwd]}") |"
 fi

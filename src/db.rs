@@ -9,7 +9,7 @@
 //! the file holds puts in the order the store applied them. Writing them out comes after.
 
 use crate::defaults;
-use crate::forward::{Totals, Upstream};
+use crate::forward::{self, Totals, Upstream};
 use crate::journal::{CompactReport, Fsync, Journal, JournalError, Position, WriteError};
 use crate::log;
 use crate::protocol::{self, Request, RequestError, Selector};
@@ -206,7 +206,8 @@ impl Db {
         let first = replies.len();
         let mut applied = Applied::default();
         let (mut puts, mut gets) = (0u64, 0u64);
-        // Without a data file, forwarded lines go to each upstream's queue in memory.
+        // Without a data file, forwarded points go to each upstream's queue in memory, as
+        // records: their sender threads format them.
         let forward_in_memory = journal.is_none() && !self.upstreams.is_empty();
         let mut forward = if forward_in_memory {
             Vec::with_capacity(requests.len() * 48)
@@ -241,7 +242,7 @@ impl Db {
                                 .get_or_insert_with(|| journal.appender())
                                 .push(metric, value, timestamp);
                         } else if forward_in_memory {
-                            protocol::write_point(&mut forward, metric, value, timestamp);
+                            forward::push_record(&mut forward, metric, value, timestamp);
                         }
                         puts += 1;
                         match replies.last_mut() {
@@ -271,15 +272,8 @@ impl Db {
             // The journal's ordering rule: the lines are appended before the lock goes. The
             // same holds for the forward queues: upstreams see puts in the store's order.
             if !forward.is_empty() {
-                let queues: Vec<_> = self.upstreams.iter().filter_map(|u| u.queue()).collect();
-                for (i, queue) in queues.iter().enumerate() {
-                    // The last upstream takes the batch itself; the others a copy.
-                    let bytes = if i + 1 == queues.len() {
-                        std::mem::take(&mut forward)
-                    } else {
-                        forward.clone()
-                    };
-                    applied.forward_dropped += queue.push(bytes, puts);
+                for queue in self.upstreams.iter().filter_map(|u| u.queue()) {
+                    applied.forward_dropped += queue.push(&forward, puts);
                 }
             }
             appender.map(|appender| appender.finish())
