@@ -416,7 +416,6 @@ fn bit_len(u: u64) -> usize {
     64 - u.leading_zeros() as usize
 }
 
-/// Reads the LEB128 point count; returns it and the byte where the bit stream starts.
 /// Appends `count` as [`read_count`] reads it.
 fn push_count(bytes: &mut Vec<u8>, count: u32) {
     push_varint(bytes, u64::from(count));
@@ -446,6 +445,7 @@ fn read_varint(bytes: &[u8]) -> (u64, usize) {
     (value, bytes.len().min(10))
 }
 
+/// Reads the LEB128 point count; returns it and the byte where the bit stream starts.
 fn read_count(bytes: &[u8]) -> (u32, usize) {
     let mut count = 0u32;
     for (i, &byte) in bytes.iter().enumerate().take(5) {

@@ -7,7 +7,8 @@
 //! overhead is paid once per a few thousand points while the head stays small. The newest few
 //! points stay in the head (the slack), so that points arriving slightly late are cheap.
 //!
-//! Any other point (older than the newest, or an overwrite) goes to the series' late list,
+//! Any other point (older than the newest; an overwrite of one in the head is made in place
+//! when no late point is waiting) goes to the series' late list,
 //! unsorted, and is merged into the head and the blocks it belongs in when the list is full,
 //! before a seal that needs it, or on the next maintenance tick: one pass over the head and
 //! one decode and encode per block touched, whatever the order of writes. A series whose late
@@ -31,8 +32,8 @@ use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::ops::{Bound, RangeInclusive};
 use std::sync::Arc;
 
-/// Points sealed into one block when the head fills: small, so that a busy series' head (kept
-/// uncompressed for cheap appends) stays small too.
+/// Points sealed at a time when the head fills, as one segment of the newest block: few, so
+/// that a busy series' head (kept uncompressed for cheap appends) stays small too.
 pub const BLOCK_POINTS: usize = 128;
 /// Most points in a block made by merging late points into a sealed one.
 const MERGED_POINTS: usize = 1024;
@@ -50,10 +51,14 @@ const SLACK_MOST: usize = 2048;
 const SLACK_QUIET_SEALS: u8 = 8;
 /// A head grows by doubling up to this many points, then to its most at once.
 const SMALL_HEAD: usize = 64;
-/// Points older than the head wait in a series' late list, and are merged into the blocks
-/// they belong to once there are this many: one encode per block touched per merge, rather
-/// than per point, whatever the order of writes.
+/// Points that are not a series' newest wait in its late list, and are merged into the head
+/// and the blocks they belong to once there are this many (or sooner; see the module docs):
+/// one pass over the head and one encode per block touched per merge, rather than per point,
+/// whatever the order of writes.
 const LATE_MOST: usize = 1024;
+/// Points one merge of a late list may decode from blocks (at least one block): about 3 ms of
+/// work, so a put that fills a list of scattered late points holds the lock no longer.
+const MERGE_BUDGET: usize = 32 * SEALED_MOST;
 /// Index shards: growing one rehashes at most 1/64 of the names.
 const SHARDS: usize = 64;
 /// What one series costs besides its points: the slab slot, the name's allocation header,
@@ -67,14 +72,12 @@ type Sealed = Block;
 
 /// Merges sorted `new` into sorted `points` (both without repeated timestamps), in place; at a
 /// timestamp both have, `new`'s point wins. Only the points from the earliest of `new` on are
-/// moved, back to front. Returns how many of `new` replaced a point, and how many of `points`
-/// the earliest of `new` went behind.
-fn merge_in_place(points: &mut Vec<(i64, f64)>, new: &[(i64, f64)]) -> (usize, usize) {
+/// moved, back to front. Returns how many of `new` replaced a point.
+fn merge_in_place(points: &mut Vec<(i64, f64)>, new: &[(i64, f64)]) -> usize {
     let Some(&(first, _)) = new.first() else {
-        return (0, 0);
+        return 0;
     };
     let start = points.partition_point(|&(t, _)| t < first);
-    let reach = points.len() - start;
     let (mut replaced, mut i, mut j) = (0, start, 0);
     while i < points.len() && j < new.len() {
         let (a, b) = (points[i].0, new[j].0);
@@ -97,7 +100,7 @@ fn merge_in_place(points: &mut Vec<(i64, f64)>, new: &[(i64, f64)]) -> (usize, u
         }
     }
     debug_assert_eq!(w, i);
-    (replaced, reach)
+    replaced
 }
 
 /// Where `timestamp` is in sorted `points`, as [`slice::binary_search`] answers, searching back
@@ -251,16 +254,23 @@ impl Store {
         Ok(())
     }
 
-    /// Merges every series' late points into their blocks, so that [`points`](Store::points)
-    /// is exact: a late point that replaced one in a block is known only then.
+    /// Merges every series' late points into their heads and blocks, so that
+    /// [`points`](Store::points) is exact: a late point that replaced another is known only
+    /// then.
     pub fn merge_late(&mut self) {
-        while self.merge_late_some(usize::MAX) > 0 {}
+        while self.merge_late_steps(usize::MAX, usize::MAX) > 0 {}
     }
 
     /// Merges the late points of at most `most` series (the server does this in steps, every
     /// tick, so late lists never linger). Returns how many series it merged; 0 when none wait.
     pub fn merge_late_some(&mut self, most: usize) -> usize {
-        let mut merged = 0;
+        self.merge_late_steps(most, MERGE_BUDGET)
+    }
+
+    /// [`merge_late_some`](Store::merge_late_some) with a budget of decoded points per series;
+    /// a series with points left over stays listed.
+    fn merge_late_steps(&mut self, most: usize, budget: usize) -> usize {
+        let (mut merged, mut again) = (0, Vec::new());
         while merged < most {
             let Some(slot) = self.late_slots.pop() else {
                 break;
@@ -272,13 +282,18 @@ impl Store {
                 continue;
             }
             let (before, len) = (series.bytes(), series.len);
-            series.merge_late();
-            // The list gives its allocation back: most series are never late again.
-            series.late = Vec::new();
+            series.merge_late_within(budget);
+            if series.late.is_empty() {
+                // The list gives its allocation back: most series are never late again.
+                series.late = Vec::new();
+            } else {
+                again.push(slot);
+            }
             self.memory = self.memory + series.bytes() - before;
             self.points = self.points + series.len - len;
             merged += 1;
         }
+        self.late_slots.extend(again);
         merged
     }
 
@@ -451,9 +466,10 @@ struct Series {
     len: usize,
     /// Bytes of the blocks, with their per-block overhead.
     block_bytes: usize,
-    /// Points at or before the newest sealed one, sorted, not yet merged into their blocks;
-    /// they take precedence over a block's point at the same timestamp. Each counts in `len`
-    /// until the merge finds it replaced one.
+    /// Points older than the newest, in the order they came (a timestamp may repeat: the
+    /// later wins), not yet merged into the head or their blocks; they take precedence over a
+    /// head's or block's point at the same timestamp. Each counts in `len` until the merge
+    /// finds it replaced one.
     late: Vec<(i64, f64)>,
 }
 
@@ -521,11 +537,36 @@ impl Series {
         let newest = self.head.last().map(|&(t, _)| t).or(self.sealed_until());
         match newest {
             Some(newest) if timestamp == newest && !self.head.is_empty() => {
+                // Late points are all older than the head's newest: none can override this.
                 if let Some(last) = self.head.last_mut() {
                     last.1 = value;
                 }
             }
-            Some(newest) if timestamp <= newest => self.insert_late(timestamp, value),
+            Some(newest) if timestamp < newest || (timestamp == newest && self.head.is_empty()) => {
+                if self
+                    .head
+                    .first()
+                    .is_some_and(|&(first, _)| first <= timestamp)
+                {
+                    // In the head: note how far back it reached (the slack must cover that),
+                    // and replace a value in place when no late point could override it.
+                    let found = search_from_end(&self.head, timestamp);
+                    let at = found.unwrap_or_else(|at| at);
+                    let lag = u16::try_from(self.head.len() - at).unwrap_or(u16::MAX);
+                    self.reach = self.reach.max(lag);
+                    if let (Ok(at), true) = (found, self.late.is_empty()) {
+                        self.head[at].1 = value;
+                        return;
+                    }
+                } else {
+                    self.grow_slack_for(timestamp);
+                }
+                self.late.push((timestamp, value));
+                self.len += 1;
+                if self.late.len() >= LATE_MOST {
+                    self.merge_late_within(MERGE_BUDGET);
+                }
+            }
             _ => {
                 self.append(timestamp, value);
                 self.len += 1;
@@ -533,13 +574,33 @@ impl Series {
         }
     }
 
-    /// Moves the newest blocks back into the head until `timestamp` is newer than every sealed
-    /// point (at most [`SLACK_MOST`] points): one decode now, rather than the same blocks decoded
-    /// and encoded again for each batch of late points until the larger head catches up.
-    fn unseal_after(&mut self, timestamp: i64) {
+    /// For a point older than the head: if it is among the newest sealed ones (writers
+    /// interleaving with a lag), grows the slack to cover that lag, at most once per seal so
+    /// that a burst counts once, and moves the newest blocks back into the head if they fit in
+    /// it: one decode now, rather than the same block decoded and encoded again for each batch
+    /// of late points until the larger head catches up.
+    fn grow_slack_for(&mut self, timestamp: i64) {
+        if self.quiet_seals == 0 {
+            return;
+        }
+        let Some(behind) = self.sealed_behind(timestamp) else {
+            return;
+        };
+        self.quiet_seals = 0;
+        self.reach = 0;
+        // The points newer than this one: the slack must be larger.
+        let lag = self.head.len() + behind + 1;
+        if lag > SLACK_MOST {
+            return;
+        }
+        let grown = lag.next_power_of_two().min(SLACK_MOST) as u16;
+        if grown <= self.slack {
+            return;
+        }
+        self.slack = grown;
         let mut points = Vec::new();
         while let Some(block) = self.blocks.last() {
-            if timestamp > block.last() || points.len() + block.len() > SLACK_MOST {
+            if timestamp > block.last() || points.len() + block.len() > usize::from(self.slack) {
                 break;
             }
             let mut older = Vec::with_capacity(block.len() + points.len());
@@ -557,13 +618,13 @@ impl Series {
         }
     }
 
-    /// About how many sealed points are newer than `timestamp`, if it is among the newest
-    /// [`SLACK_MOST`] sealed ones (interpolated within its block by timestamp).
+    /// About how many sealed points are newer than `timestamp`, if it is sealed and among the
+    /// newest [`SLACK_MOST`] sealed ones (interpolated within its block by timestamp).
     fn sealed_behind(&self, timestamp: i64) -> Option<usize> {
         let mut behind = 0;
         for block in self.blocks.iter().rev() {
             if timestamp > block.last() {
-                return Some(behind);
+                return (behind > 0).then_some(behind);
             }
             if timestamp >= block.first() {
                 let span = block.last().abs_diff(block.first()).max(1) as f64;
@@ -578,36 +639,17 @@ impl Series {
         None
     }
 
-    /// Keeps an out-of-order point in the late list; merges the list when it is full.
-    fn insert_late(&mut self, timestamp: i64, value: f64) {
-        // Just behind the head: writers interleave here, so keep enough of the head next time
-        // for a point this far back, at most once per seal so that a burst counts once.
-        if self.quiet_seals > 0 {
-            if let Some(behind) = self.sealed_behind(timestamp) {
-                let needed = self.head.len() + behind + 1;
-                let grown = needed.next_power_of_two().max(usize::from(self.slack) * 2);
-                let grown = grown.min(SLACK_MOST) as u16;
-                self.quiet_seals = 0;
-                self.reach = 0;
-                // Unsealing pays only when the head can then hold such points: not when the
-                // slack is at its most already, which would decode and seal again each time.
-                if grown > self.slack && needed <= SLACK_MOST {
-                    self.slack = grown;
-                    self.unseal_after(timestamp);
-                }
-            }
-        }
-        self.late.push((timestamp, value));
-        self.len += 1;
-        if self.late.len() >= LATE_MOST {
-            self.merge_late();
-        }
+    /// Merges the whole late list; see [`merge_late_within`](Series::merge_late_within).
+    fn merge_late(&mut self) {
+        self.merge_late_within(usize::MAX);
     }
 
-    /// Merges the late list into the head and the blocks it belongs in, in one pass over the
-    /// head and one decode and encode per block touched. Points that replaced another (in the
-    /// list itself, the head or a block) are taken off `len` here.
-    fn merge_late(&mut self) {
+    /// Merges the late list into the head and the blocks it belongs in: one pass over the head
+    /// and one decode and encode per block touched, blocks only until about `budget` points
+    /// have been decoded (at least one block), so that no put holds the lock for long however
+    /// scattered the late points; the rest stay in the list. Points that replaced another (in
+    /// the list itself, the head or a block) are taken off `len` here.
+    fn merge_late_within(&mut self, budget: usize) {
         let mut late = std::mem::take(&mut self.late);
         // Stable, so that of two puts at one timestamp the later stays last.
         late.sort_by_key(|&(t, _)| t);
@@ -626,8 +668,13 @@ impl Series {
             None => 0,
         };
         let (mut rest, recent) = points.split_at(in_blocks);
+        let mut decoded = 0;
         while let Some(&(first, _)) = rest.first() {
             let at = self.block_for(first);
+            if decoded > 0 && decoded + self.blocks[at].len() > budget {
+                break;
+            }
+            decoded += self.blocks[at].len();
             // This block takes the late points up to the start of the next block.
             let end = match self.blocks.get(at + 1) {
                 Some(next) => rest.partition_point(|&(t, _)| t < next.first()),
@@ -641,11 +688,11 @@ impl Series {
             let room = BLOCK_POINTS + usize::from(self.slack) + 1;
             let needed = self.head.len() + recent.len();
             self.head.reserve_exact(room.max(needed) - self.head.len());
-            let (head_replaced, reach) = merge_in_place(&mut self.head, recent);
-            replaced += head_replaced;
-            self.reach = self.reach.max(u16::try_from(reach).unwrap_or(u16::MAX));
+            replaced += merge_in_place(&mut self.head, recent);
         }
         self.len -= replaced;
+        // What the budget left waits for the next merge; `late` is empty here (taken above).
+        self.late.extend_from_slice(rest);
         while self.head.len() > BLOCK_POINTS + usize::from(self.slack) {
             self.seal();
         }
@@ -655,8 +702,11 @@ impl Series {
     fn merge_into(&mut self, at: usize, points: &[(i64, f64)]) -> usize {
         let mut merged = Vec::with_capacity(self.blocks[at].len() + points.len());
         self.blocks[at].decode_into(&mut merged);
-        let (replaced, _) = merge_in_place(&mut merged, points);
-        let blocks = merged.chunks(MERGED_POINTS).map(Block::encode).collect();
+        let replaced = merge_in_place(&mut merged, points);
+        // Even parts, so that one point past a full block does not make a block of its own.
+        let parts = merged.len().div_ceil(MERGED_POINTS).max(1);
+        let size = merged.len().div_ceil(parts).max(1);
+        let blocks = merged.chunks(size).map(Block::encode).collect();
         self.replace_block(at, blocks);
         replaced
     }
@@ -670,23 +720,24 @@ impl Series {
             let grown = if len < SMALL_HEAD {
                 (len * 2).max(4)
             } else {
-                (BLOCK_POINTS + usize::from(self.slack) + 1).max(len + 1)
+                (BLOCK_POINTS + usize::from(self.slack) + 1).max(len + BLOCK_POINTS)
             };
             self.head.reserve_exact(grown - len);
         }
         self.head.push((timestamp, value));
         if self.head.len() > BLOCK_POINTS + usize::from(self.slack) {
-            let sealing_until = self.head[BLOCK_POINTS - 1].0;
-            if self.late.iter().all(|&(t, _)| t > sealing_until) {
-                self.seal();
-            } else {
+            let sealing = self.head[0].0..=self.head[BLOCK_POINTS - 1].0;
+            if self.late.iter().any(|(t, _)| sealing.contains(t)) {
                 // Late points belong among those about to be sealed.
-                self.merge_late();
+                self.merge_late_within(MERGE_BUDGET);
+            } else {
+                self.seal();
             }
         }
     }
 
-    /// Moves the head's oldest points into a new block.
+    /// Moves the head's oldest [`BLOCK_POINTS`] into the newest block, as a segment, or into a
+    /// new block when that one is full.
     fn seal(&mut self) {
         let points = &self.head[..BLOCK_POINTS];
         match self.blocks.last_mut() {
@@ -1309,11 +1360,60 @@ mod tests {
                 .iter()
                 .filter(|p| model.insert(p.0, p.1).is_some())
                 .count();
-            let reach = new
-                .first()
-                .map_or(0, |f| points.iter().filter(|p| p.0 >= f.0).count());
-            assert_eq!(merge_in_place(&mut points, &new), (replaced, reach));
+            assert_eq!(merge_in_place(&mut points, &new), replaced);
             assert_eq!(points, model.into_iter().collect::<Vec<_>>());
         }
+    }
+
+    #[test]
+    fn a_small_steady_lag_keeps_a_small_slack() {
+        let mut store = Store::new();
+        // Two writers 20 points apart, and one in order that rewrites its previous point now
+        // and then: neither needs more than a few dozen points of slack.
+        for t in 0..40_000i64 {
+            put(&mut store, "lag", 1.0, t + 20);
+            put(&mut store, "lag", 2.0, t);
+            put(&mut store, "rewrite", t as f64, t);
+            if t % 300 == 299 {
+                put(&mut store, "rewrite", -1.0, t - 1);
+            }
+        }
+        store.merge_late();
+        let slack = |name: &str| {
+            let slot = store.slot_of(name, store.hash(name)).unwrap();
+            store.slots[slot as usize].as_ref().unwrap().slack
+        };
+        assert!(slack("lag") <= 64, "slack {}", slack("lag"));
+        assert_eq!(usize::from(slack("rewrite")), SLACK_LEAST);
+        assert_eq!(series(&store, "rewrite")[298], (298, -1.0));
+    }
+
+    #[test]
+    fn scattered_late_points_are_merged_within_a_budget() {
+        // One late point in each of many full blocks: the put that fills the late list merges
+        // only the budget's worth of blocks, the rest waits, and nothing is lost.
+        let mut store = Store::new();
+        let mut model = BTreeMap::new();
+        let blocks = (LATE_MOST + 10) as i64;
+        for t in 0..blocks * SEALED_MOST as i64 {
+            put(&mut store, "m", 1.0, t * 10);
+            model.insert(t * 10, 1.0);
+        }
+        for i in 0..LATE_MOST as i64 {
+            let t = (i * SEALED_MOST as i64 + 7) * 10 + 5;
+            put(&mut store, "m", 2.0, t);
+            model.insert(t, 2.0);
+        }
+        let one = store.slots[0].as_ref().unwrap();
+        assert!(!one.late.is_empty(), "the whole list was merged at once");
+        assert!(one.late.len() < LATE_MOST);
+        let want: Vec<(i64, f64)> = model.into_iter().collect();
+        assert_eq!(series(&store, "m"), want);
+        store.merge_late();
+        assert_eq!(series(&store, "m"), want);
+        assert_eq!(store.points(), want.len());
+        // A merged block split in even parts: no block of a point or two.
+        let one = store.slots[0].as_ref().unwrap();
+        assert!(one.blocks.iter().all(|b| b.len() >= MERGED_POINTS / 2));
     }
 }
