@@ -103,6 +103,10 @@ fn merge_in_place(points: &mut Vec<(i64, f64)>, new: &[(i64, f64)]) -> usize {
     replaced
 }
 
+fn clamp_u16(n: usize) -> u16 {
+    u16::try_from(n).unwrap_or(u16::MAX)
+}
+
 /// Where `timestamp` is in sorted `points`, as [`slice::binary_search`] answers, searching back
 /// from the end in growing steps: points arrive in order or a little late, so this touches the
 /// few cache lines at the end of a list rather than the log2(n) spread over it.
@@ -543,21 +547,24 @@ impl Series {
                 }
             }
             Some(newest) if timestamp < newest || (timestamp == newest && self.head.is_empty()) => {
-                if self
-                    .head
-                    .first()
-                    .is_some_and(|&(first, _)| first <= timestamp)
-                {
-                    // In the head: note how far back it reached (the slack must cover that),
-                    // and replace a value in place when no late point could override it.
-                    let found = search_from_end(&self.head, timestamp);
-                    let at = found.unwrap_or_else(|at| at);
-                    let lag = u16::try_from(self.head.len() - at).unwrap_or(u16::MAX);
-                    self.reach = self.reach.max(lag);
-                    if let (Ok(at), true) = (found, self.late.is_empty()) {
-                        self.head[at].1 = value;
-                        return;
-                    }
+                if let Some(&(first, _)) = self.head.first().filter(|&&(f, _)| f <= timestamp) {
+                    // In the head: note how far back it reached (the slack must cover that).
+                    // With no late point waiting (none could override it), a value there is
+                    // replaced in place; otherwise the reach is estimated from the head's span
+                    // rather than searched for, as interleaving writers do this for most points.
+                    let lag = if self.late.is_empty() {
+                        let found = search_from_end(&self.head, timestamp);
+                        if let Ok(at) = found {
+                            self.head[at].1 = value;
+                            self.reach = self.reach.max(clamp_u16(self.head.len() - at));
+                            return;
+                        }
+                        self.head.len() - found.unwrap_or_else(|at| at)
+                    } else {
+                        let span = newest.abs_diff(first).max(1) as f64;
+                        (newest.abs_diff(timestamp) as f64 / span * self.head.len() as f64) as usize
+                    };
+                    self.reach = self.reach.max(clamp_u16(lag));
                 } else {
                     self.grow_slack_for(timestamp);
                 }
@@ -593,7 +600,8 @@ impl Series {
         if lag > SLACK_MOST {
             return;
         }
-        let grown = lag.next_power_of_two().min(SLACK_MOST) as u16;
+        // Twice the lag: lags wander, and each time one outgrows the slack costs a merge.
+        let grown = (2 * lag).next_power_of_two().min(SLACK_MOST) as u16;
         if grown <= self.slack {
             return;
         }
@@ -720,7 +728,13 @@ impl Series {
             let grown = if len < SMALL_HEAD {
                 (len * 2).max(4)
             } else {
-                (BLOCK_POINTS + usize::from(self.slack) + 1).max(len + BLOCK_POINTS)
+                let room = BLOCK_POINTS + usize::from(self.slack) + 1;
+                // Past its room only while a head drains after an unseal: a block at a time.
+                if len < room {
+                    room
+                } else {
+                    len + BLOCK_POINTS
+                }
             };
             self.head.reserve_exact(grown - len);
         }
@@ -757,9 +771,10 @@ impl Series {
         self.head.drain(..BLOCK_POINTS);
         self.quiet_seals = self.quiet_seals.saturating_add(1);
         if self.quiet_seals >= SLACK_QUIET_SEALS {
-            // Halves only if points did not reach that far back lately.
+            // Halves only if points reached back a quarter of that at most lately: lags
+            // wander, and a slack that halves too soon costs merges until it grows again.
             let half = (self.slack / 2).max(SLACK_LEAST as u16);
-            if half >= self.reach.saturating_mul(2) {
+            if half >= self.reach.saturating_mul(4) {
                 self.slack = half;
             }
             self.quiet_seals = 0;
