@@ -258,6 +258,8 @@ fn decimal_value(mantissa: i64, scale: f64) -> u64 {
 /// ulps from `m / 10^d`, at most [`MAX_FIX`], if any. The `d` that worked for the previous
 /// value is tried first, since a series' values tend to share it: a value that works at some `d`
 /// works at every larger one, so the search walks down from there, or up if it fails.
+// One caller, in the encoder's survey loop: always inlined there, whatever else calls it.
+#[inline(always)]
 fn decimal_digits(value: f64, hint: u8) -> Option<(u8, i64, i16)> {
     let magnitude = value.abs();
     if magnitude.is_nan() || magnitude >= DECIMAL_LIMIT {
@@ -1051,6 +1053,77 @@ impl Survey {
     }
 }
 
+/// A block's values at one exponent, in order, as mantissa changes and fixes.
+struct Mantissas<'a> {
+    /// Empty for a plan of escapes only.
+    digits: &'a [Digits],
+    exp: usize,
+    scale: f64,
+    /// The last decimal's mantissa and its change from the one before.
+    mantissa: i64,
+    delta: i64,
+    /// Decimals seen, up to 2: the first has no change, the second no delta-of-delta.
+    seen: u8,
+}
+
+impl<'a> Mantissas<'a> {
+    /// The walk, and the first decimal's mantissa and the second's change from it.
+    fn new(points: &[(i64, f64)], digits: &'a [Digits], exp: usize) -> (Self, i64, i64) {
+        let mut walk = Mantissas {
+            digits,
+            exp,
+            scale: POW10[exp],
+            mantissa: 0,
+            delta: 0,
+            seen: 0,
+        };
+        let mut decimals = points
+            .iter()
+            .enumerate()
+            .filter_map(|(i, &(_, v))| walk.decimal(i, v));
+        let first = decimals.next().map_or(0, |(m, _)| m);
+        let first_delta = decimals.next().map_or(0, |(m, _)| m.wrapping_sub(first));
+        // Whatever the predictor, after each decimal the state is its mantissa and the change
+        // from the one before, and the first one is predicted exactly.
+        (walk.mantissa, walk.delta) = (first, first_delta);
+        (walk, first, first_delta)
+    }
+
+    /// The mantissa and zig-zag fix of value `i` at `exp`, if it is a decimal there.
+    #[inline]
+    fn decimal(&self, i: usize, value: f64) -> Option<(i64, u64)> {
+        let digit = self.digits.get(i)?;
+        let mantissa = digit.mantissa(self.exp)?;
+        // Exact operands give the same correctly rounded quotient at any exponent.
+        if mantissa.unsigned_abs() <= 1 << 53 {
+            return Some((mantissa, zigzag(i64::from(digit.fix))));
+        }
+        let fix = value
+            .to_bits()
+            .wrapping_sub(decimal_value(mantissa, self.scale)) as i64;
+        (fix.unsigned_abs() <= MAX_FIX).then_some((mantissa, zigzag(fix)))
+    }
+
+    /// Value `i`'s zig-zag mantissa change against a delta and a delta-of-delta prediction, and
+    /// its zig-zag fix; `None` for an escape.
+    #[inline]
+    fn next(&mut self, i: usize, value: f64) -> Option<([u64; 2], u64)> {
+        let (target, fix) = self.decimal(i, value)?;
+        let step = target.wrapping_sub(self.mantissa);
+        let change = match self.seen {
+            0 => [0, 0],
+            1 => [zigzag(step), 0],
+            _ => [zigzag(step), zigzag(step.wrapping_sub(self.delta))],
+        };
+        if self.seen > 0 {
+            self.delta = step;
+        }
+        self.seen = (self.seen + 1).min(2);
+        self.mantissa = target;
+        Some((change, fix))
+    }
+}
+
 /// One value's symbols in a [`ValuePlan`].
 #[derive(Debug, Clone, Copy)]
 enum Sym {
@@ -1138,28 +1211,7 @@ impl ValuePlan {
 
     /// The plan at exponent `exp` with the better predictor; `digits` empty means all escapes.
     fn new(points: &[(i64, f64)], digits: &[Digits], exp: usize) -> Self {
-        let scale = POW10[exp];
-        // The mantissa and zig-zag fix of value `i` at `exp`, if it is a decimal there.
-        let decimal = |i: usize, value: f64| -> Option<(i64, u64)> {
-            let digit = digits.get(i)?;
-            let mantissa = digit.mantissa(exp)?;
-            // Exact operands give the same correctly rounded quotient at any exponent.
-            if mantissa.unsigned_abs() <= 1 << 53 {
-                return Some((mantissa, zigzag(i64::from(digit.fix))));
-            }
-            let fix = value.to_bits().wrapping_sub(decimal_value(mantissa, scale)) as i64;
-            (fix.unsigned_abs() <= MAX_FIX).then_some((mantissa, zigzag(fix)))
-        };
-        let mut decimals = points
-            .iter()
-            .enumerate()
-            .filter_map(|(i, &(_, v))| decimal(i, v));
-        let first = decimals.next().map_or(0, |(m, _)| m);
-        let first_delta = decimals.next().map_or(0, |(m, _)| m.wrapping_sub(first));
-        // Whatever the predictor, after each decimal the state is its mantissa and the change
-        // from the one before, and the first one is predicted exactly.
-        let (mut mantissa, mut delta) = (first, first_delta);
-        let mut seen = 0;
+        let (mut walk, first, first_delta) = Mantissas::new(points, digits, exp);
         let mut change_hist = [[0u32; 65]; 2];
         let mut fix_hist = [0u32; 65];
         let mut escapes = 0;
@@ -1167,19 +1219,8 @@ impl ValuePlan {
         let mut xor_bits = BitCount::default();
         let mut syms = Vec::with_capacity(points.len());
         for (i, &(_, value)) in points.iter().enumerate() {
-            match decimal(i, value) {
-                Some((target, fix)) => {
-                    let step = target.wrapping_sub(mantissa);
-                    let change = match seen {
-                        0 => [0, 0],
-                        1 => [zigzag(step), 0],
-                        _ => [zigzag(step), zigzag(step.wrapping_sub(delta))],
-                    };
-                    seen += 1;
-                    if seen > 1 {
-                        delta = step;
-                    }
-                    mantissa = target;
+            match walk.next(i, value) {
+                Some((change, fix)) => {
                     change_hist[0][bit_len(change[0])] += 1;
                     change_hist[1][bit_len(change[1])] += 1;
                     fix_hist[bit_len(fix)] += 1;
