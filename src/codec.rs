@@ -205,7 +205,9 @@ impl<'a> BlockIter<'a> {
 impl Iterator for BlockIter<'_> {
     type Item = (i64, f64);
 
-    #[inline]
+    // Always, so that the loops of `decode_into` and of callers keep the decoder's state in
+    // registers.
+    #[inline(always)]
     fn next(&mut self) -> Option<(i64, f64)> {
         if self.left == 0 {
             return None;
@@ -490,7 +492,7 @@ struct BitReader<'a> {
 
 impl BitReader<'_> {
     /// The next bits, left-aligned: at least the top 57 are the stream's.
-    #[inline]
+    #[inline(always)]
     fn peek(&self) -> u64 {
         let at = self.pos >> 3;
         let word = match self
@@ -536,7 +538,7 @@ impl BitReader<'_> {
     }
 
     /// One symbol of a [`Code`]: its bucket's integer, or `None` for the escape.
-    #[inline]
+    #[inline(always)]
     fn symbol(&mut self, lut: &Lut) -> Option<u64> {
         let word = self.peek();
         let entry = lut[(word >> (64 - LUT_BITS)) as usize];
