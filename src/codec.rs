@@ -78,16 +78,23 @@ impl Block {
             BitWriter::with_capacity(5 + ((times.bits + values.bits) / 8) as usize + 8, count);
         times.write_header(&mut out);
         values.write_header(&mut out);
-        let time_writer = times.code.writer();
         let mut value_writer = ValueWriter::new(&values);
-        let (mut prev, mut delta) = (first, times.first_delta);
-        for (i, &(time, value)) in points.iter().enumerate() {
-            if i > 0 {
-                let next = time.wrapping_sub(prev);
-                time_writer.put(&mut out, zigzag(next.wrapping_sub(delta)));
-                (prev, delta) = (time, next);
+        if times.code == Code::single(0) {
+            // Regular stamps: every delta-of-delta is 0 and costs no bits.
+            for (i, &(_, value)) in points.iter().enumerate() {
+                value_writer.put(&mut out, i, value);
             }
-            value_writer.put(&mut out, i, value);
+        } else {
+            let time_writer = times.code.writer();
+            let (mut prev, mut delta) = (first, times.first_delta);
+            for (i, &(time, value)) in points.iter().enumerate() {
+                if i > 0 {
+                    let next = time.wrapping_sub(prev);
+                    time_writer.put(&mut out, zigzag(next.wrapping_sub(delta)));
+                    (prev, delta) = (time, next);
+                }
+                value_writer.put(&mut out, i, value);
+            }
         }
         Block {
             bytes: Arc::from(out.finish()),
