@@ -96,7 +96,7 @@ impl Block {
             .checked_add(count)
             .expect("a block holds at most u32::MAX points");
         let times = TimePlan::new(points);
-        let values = ValuePlan::best(points);
+        let values = ValuePlan::best(points, &Survey::new(points));
         let mut bytes = Vec::with_capacity(
             self.bytes.len() + 20 + ((times.bits + values.bits) / 8) as usize + 8,
         );
@@ -110,12 +110,23 @@ impl Block {
         let mut out = BitWriter::after(bytes);
         times.write_header(&mut out);
         values.write_header(&mut out);
-        let mut xor = Xor::default();
-        for (i, &(_, value)) in points.iter().enumerate() {
-            if i > 0 {
-                times.writer.put(&mut out, times.dods[i - 1]);
+        let mut value_writer = ValueWriter::new(&values);
+        if times.code == Code::single(0) {
+            // Regular stamps: every delta-of-delta is 0 and costs no bits.
+            for (i, &(_, value)) in points.iter().enumerate() {
+                value_writer.put(&mut out, i, value);
             }
-            values.write_value(&mut out, i, value, &mut xor);
+        } else {
+            let time_writer = times.code.writer();
+            let (mut prev, mut delta) = (first, times.first_delta);
+            for (i, &(time, value)) in points.iter().enumerate() {
+                if i > 0 {
+                    let next = time.wrapping_sub(prev);
+                    time_writer.put(&mut out, zigzag(next.wrapping_sub(delta)));
+                    (prev, delta) = (time, next);
+                }
+                value_writer.put(&mut out, i, value);
+            }
         }
         Block {
             bytes: Arc::from(out.finish()),
@@ -266,7 +277,9 @@ impl<'a> BlockIter<'a> {
 impl Iterator for BlockIter<'_> {
     type Item = (i64, f64);
 
-    #[inline]
+    // Always, so that the loops of `decode_into` and of callers keep the decoder's state in
+    // registers.
+    #[inline(always)]
     fn next(&mut self) -> Option<(i64, f64)> {
         if self.left == 0 {
             if self.total_left == 0 {
@@ -323,10 +336,23 @@ fn decimal_value(mantissa: i64, scale: f64) -> u64 {
 /// ulps from `m / 10^d`, at most [`MAX_FIX`], if any. The `d` that worked for the previous
 /// value is tried first, since a series' values tend to share it: a value that works at some `d`
 /// works at every larger one, so the search walks down from there, or up if it fails.
+// One caller, in the encoder's survey loop: always inlined there, whatever else calls it.
+#[inline(always)]
 fn decimal_digits(value: f64, hint: u8) -> Option<(u8, i64, i16)> {
     let magnitude = value.abs();
     if magnitude.is_nan() || magnitude >= DECIMAL_LIMIT {
         return None;
+    }
+    // An integer that stays exact times 10^hint works exactly at every d up to the hint, so
+    // the walk down would end at d = 0 with fix 0. -0.0 is no decimal at all.
+    let int = magnitude as i64;
+    if int as f64 == magnitude
+        && EXACT_INT
+            .get(usize::from(hint))
+            .is_some_and(|&most| int <= most)
+        && value.to_bits() != (-0.0f64).to_bits()
+    {
+        return Some((0, value as i64, 0));
     }
     // Below 1e-23 every scale rounds to m = 0, so d = 0 is the only one worth a try.
     if magnitude < 1e-23 {
@@ -336,6 +362,13 @@ fn decimal_digits(value: f64, hint: u8) -> Option<(u8, i64, i16)> {
     if let Ok(Some(found)) = decimal_at(value, hint) {
         let mut best = (hint as u8, found.0, found.1);
         for d in (0..hint).rev() {
+            // A value that works at d works at d + 1 with ten times the mantissa, whenever
+            // |m| < 2^43 keeps both roundings exact enough: so a last digit that is not 0
+            // means d fails, without trying.
+            let m = best.1.unsigned_abs();
+            if m < 1 << 43 && m % 10 != 0 {
+                break;
+            }
             match decimal_at(value, d) {
                 Ok(Some((m, fix))) => best = (d as u8, m, fix),
                 _ => break,
@@ -356,6 +389,9 @@ fn decimal_digits(value: f64, hint: u8) -> Option<(u8, i64, i16)> {
 /// Mantissas stay below this, which is below `i64::MAX`.
 const DECIMAL_LIMIT: f64 = 9.2e18;
 
+/// 2^-42: four times the relative distance from an integer that [`decimal_at`] can still accept.
+const NEAR: f64 = 1.0 / (1u64 << 42) as f64;
+
 /// `value * 10^d` overflows the mantissa, as it does for every larger `d`.
 struct TooLarge;
 
@@ -368,17 +404,16 @@ fn decimal_at(value: f64, d: usize) -> Result<Option<(i64, i16)>, TooLarge> {
         return Err(TooLarge);
     }
     // Round to nearest without a libm call: truncate, then look at the fraction.
-    let mut m = scaled as i64;
+    let m = scaled as i64;
     let fraction = scaled - m as f64;
-    if fraction.abs() > 1e-3 && fraction.abs() < 1.0 - 1e-3 && scaled.abs() < 1e9 {
-        // Far from an integer and small: more than MAX_FIX ulps away, skip the division.
+    // A value within MAX_FIX ulps of m / 10^d has `scaled` within about 2^-44 * |scaled| of
+    // m, so farther from every integer than `near`, it is no decimal here: skip the division.
+    let near = (scaled.abs() * NEAR).max(1e-3);
+    if fraction.abs() > near && fraction.abs() < 1.0 - near {
         return Ok(None);
     }
-    if fraction >= 0.5 {
-        m += 1;
-    } else if fraction <= -0.5 {
-        m -= 1;
-    }
+    // Without branches: the fraction of a decimal is about as often 0.99 as 0.01.
+    let m = m + i64::from(fraction >= 0.5) - i64::from(fraction <= -0.5);
     let fix = value.to_bits().wrapping_sub(decimal_value(m, scale)) as i64;
     Ok((fix.unsigned_abs() <= MAX_FIX).then_some((m, fix as i16)))
 }
@@ -389,6 +424,17 @@ const POW10_INT: [i64; 19] = {
     let mut i = 1;
     while i < 19 {
         table[i] = table[i - 1] * 10;
+        i += 1;
+    }
+    table
+};
+
+/// The largest integers that stay at most 2^53 times `10^k`.
+const EXACT_INT: [i64; 19] = {
+    let mut table = [0i64; 19];
+    let mut i = 0;
+    while i < 19 {
+        table[i] = (1 << 53) / POW10_INT[i];
         i += 1;
     }
     table
@@ -545,7 +591,7 @@ struct BitReader<'a> {
 
 impl BitReader<'_> {
     /// The next bits, left-aligned: at least the top 57 are the stream's.
-    #[inline]
+    #[inline(always)]
     fn peek(&self) -> u64 {
         let at = self.pos >> 3;
         let word = match self
@@ -591,7 +637,7 @@ impl BitReader<'_> {
     }
 
     /// One symbol of a [`Code`]: its bucket's integer, or `None` for the escape.
-    #[inline]
+    #[inline(always)]
     fn symbol(&mut self, lut: &Lut) -> Option<u64> {
         let word = self.peek();
         let entry = lut[(word >> (64 - LUT_BITS)) as usize];
@@ -674,7 +720,12 @@ impl Code {
             let width = self.widths[rank];
             let bits = len + u32::from(width);
             Prefixed {
-                prefix: if bits <= 64 { prefix << width } else { prefix },
+                // A 64-bit bucket fits only with no prefix: shifting that by 64 is still 0.
+                prefix: if bits <= 64 {
+                    prefix.checked_shl(u32::from(width)).unwrap_or(0)
+                } else {
+                    prefix
+                },
                 bits,
                 len: len as u8,
                 width,
@@ -684,19 +735,25 @@ impl Code {
             by_len: [Prefixed::default(); 65],
             escape: Prefixed::default(),
         };
-        for (len, slot) in writer.by_len.iter_mut().enumerate() {
-            // The narrowest bucket that holds this length.
-            let mut best: Option<usize> = None;
-            for rank in 0..self.n {
-                let width = self.widths[rank];
-                if width != ESCAPE
-                    && usize::from(width) >= len
-                    && best.is_none_or(|b| width < self.widths[b])
-                {
-                    best = Some(rank);
-                }
+        // Each length goes in the narrowest bucket that holds it.
+        let mut ranks = [0usize; MAX_SYMBOLS];
+        let mut buckets = 0;
+        for rank in 0..self.n {
+            if self.widths[rank] != ESCAPE {
+                ranks[buckets] = rank;
+                buckets += 1;
             }
-            *slot = best.map_or_else(Prefixed::default, entry);
+        }
+        let ranks = &mut ranks[..buckets];
+        // Stable, as the first of equal widths is the one to use.
+        ranks.sort_by_key(|&rank| self.widths[rank]);
+        let mut len = 0;
+        for &rank in ranks.iter() {
+            let slot = entry(rank);
+            while len <= usize::from(self.widths[rank]) {
+                writer.by_len[len] = slot;
+                len += 1;
+            }
         }
         if let Some(rank) = self.widths[..self.n].iter().position(|&w| w == ESCAPE) {
             let (prefix, len) = self.prefix(rank);
@@ -748,6 +805,10 @@ impl Code {
         while n < max_narrow {
             let mut pick = None;
             for &width in candidates {
+                // The same code again, which cannot be smaller.
+                if narrow[..n].contains(&width) {
+                    continue;
+                }
                 let (trial, len) = with(&narrow[..n], None, width);
                 let bits = sizes.bits(&trial[..len]);
                 if bits < best {
@@ -820,10 +881,16 @@ struct Prefixed {
 }
 
 impl CodeWriter {
+    /// How `zz` is written: `prefix | zz` in `bits` bits when `bits <= 64`.
+    #[inline(always)]
+    fn entry(&self, zz: u64) -> &Prefixed {
+        &self.by_len[bit_len(zz)]
+    }
+
     /// Writes `zz`, which must fit one of the code's buckets.
     #[inline(always)]
     fn put(&self, sink: &mut impl Sink, zz: u64) {
-        let entry = &self.by_len[bit_len(zz)];
+        let entry = self.entry(zz);
         if entry.bits <= 64 {
             sink.put(entry.prefix | zz, entry.bits);
         } else {
@@ -868,12 +935,18 @@ impl Sizes<'_> {
             counts[n] = u64::from(self.escapes);
             n += 1;
         }
-        let counts = &mut counts[..n];
-        counts.sort_unstable_by_key(|&count| std::cmp::Reverse(count));
-        for (rank, &count) in counts.iter().enumerate() {
-            bits += count * (rank + 1).min(n - 1) as u64;
+        // Most frequent first, symbol r has a prefix of min(r + 1, n - 1) bits. Without sorting:
+        // each symbol's prefix is a bit longer for every more frequent one, so each pair adds
+        // its smaller count, and the last (least frequent) symbol saves one bit.
+        let mut least = u64::MAX;
+        for i in 0..n {
+            bits += counts[i];
+            least = least.min(counts[i]);
+            for j in i + 1..n {
+                bits += counts[i].min(counts[j]);
+            }
         }
-        bits
+        bits - least
     }
 
     /// The code with buckets of the `narrow` widths (sorted, distinct, below `top`) and `top`,
@@ -965,18 +1038,17 @@ impl Xor {
     }
 }
 
-/// The timestamps of a block: delta-of-deltas after the first delta, and their code.
+/// The timestamps of a block: the first delta, and the code of the delta-of-deltas after it.
 struct TimePlan {
     first_delta: i64,
-    dods: Vec<u64>,
+    /// Whether there are delta-of-deltas at all, that is, two points or more.
+    any: bool,
     code: Code,
-    writer: CodeWriter,
     bits: u64,
 }
 
 impl TimePlan {
     fn new(points: &[(i64, f64)]) -> Self {
-        let mut dods = Vec::with_capacity(points.len().saturating_sub(1));
         let mut hist = [0u32; 65];
         let first_delta = match points {
             [(a, _), (b, _), ..] => b.wrapping_sub(*a),
@@ -985,39 +1057,24 @@ impl TimePlan {
         let mut delta = first_delta;
         for pair in points.windows(2) {
             let next = pair[1].0.wrapping_sub(pair[0].0);
-            let zz = zigzag(next.wrapping_sub(delta));
+            hist[bit_len(zigzag(next.wrapping_sub(delta)))] += 1;
             delta = next;
-            hist[bit_len(zz)] += 1;
-            dods.push(zz);
         }
         let (code, bits) = Code::best(&hist, 0);
         TimePlan {
             first_delta,
-            dods,
+            any: points.len() >= 2,
             code,
-            writer: code.writer(),
             bits: bits + 64,
         }
     }
 
     fn write_header(&self, out: &mut BitWriter) {
-        if !self.dods.is_empty() {
+        if self.any {
             out.put_long(zigzag(self.first_delta));
             self.code.write(out);
         }
     }
-}
-
-/// One value's symbols in a [`ValuePlan`].
-#[derive(Debug, Clone, Copy)]
-enum Sym {
-    /// The zig-zag change of the mantissa against a delta and a delta-of-delta prediction, and
-    /// the zig-zag ulp fix.
-    Decimal {
-        change: [u64; 2],
-        fix: u64,
-    },
-    Escape,
 }
 
 /// A value's shortest usable decimal, from [`decimal_digits`]: `m / 10^d`, `fix` ulps away.
@@ -1046,8 +1103,138 @@ impl Digits {
     /// The mantissa at exponent `exp >= d`, if it fits.
     #[inline]
     fn mantissa(&self, exp: usize) -> Option<i64> {
+        if exp == usize::from(self.d) {
+            return Some(self.m);
+        }
         scale_up(self.m, exp.checked_sub(usize::from(self.d))?)
     }
+}
+
+/// What one pass over a block's values learns for [`ValuePlan::best`].
+struct Survey {
+    /// Every value's digits, each search starting at the digits of the value before.
+    digits: Vec<Digits>,
+    /// How many values have each number of digits.
+    covered: [usize; MAX_EXP + 1],
+    /// Rough bits of the values all as Gorilla XOR escapes.
+    xor_bits: u64,
+}
+
+impl Survey {
+    fn new(points: &[(i64, f64)]) -> Self {
+        let mut digits = Vec::with_capacity(points.len());
+        let mut covered = [0usize; MAX_EXP + 1];
+        let mut xor_bits = 0;
+        let (mut hint, mut prev) = (0, 0u64);
+        for (i, &(_, value)) in points.iter().enumerate() {
+            // A repeated value gets the same digits: its own are the hint now, and a search
+            // that starts from a value's digits finds them again.
+            let digit = match digits.last() {
+                Some(&last) if i > 0 && value.to_bits() == prev => last,
+                _ => Digits::of(value, hint),
+            };
+            if let Some(slot) = covered.get_mut(usize::from(digit.d)) {
+                *slot += 1;
+                hint = digit.d;
+            }
+            digits.push(digit);
+            let xor = value.to_bits() ^ prev;
+            prev = value.to_bits();
+            xor_bits += if xor == 0 {
+                1
+            } else {
+                u64::from(70 - xor.leading_zeros() - xor.trailing_zeros())
+            };
+        }
+        Survey {
+            digits,
+            covered,
+            xor_bits,
+        }
+    }
+}
+
+/// A block's values at one exponent, in order, as mantissa changes and fixes.
+struct Mantissas<'a> {
+    /// Empty for a plan of escapes only.
+    digits: &'a [Digits],
+    exp: usize,
+    scale: f64,
+    /// The last decimal's mantissa and its change from the one before.
+    mantissa: i64,
+    delta: i64,
+    /// Decimals seen, up to 2: the first has no change, the second no delta-of-delta.
+    seen: u8,
+}
+
+impl<'a> Mantissas<'a> {
+    /// The walk, and the first decimal's mantissa and the second's change from it.
+    fn new(points: &[(i64, f64)], digits: &'a [Digits], exp: usize) -> (Self, i64, i64) {
+        let mut walk = Mantissas {
+            digits,
+            exp,
+            scale: POW10[exp],
+            mantissa: 0,
+            delta: 0,
+            seen: 0,
+        };
+        let mut decimals = points
+            .iter()
+            .enumerate()
+            .filter_map(|(i, &(_, v))| walk.decimal(i, v));
+        let first = decimals.next().map_or(0, |(m, _)| m);
+        let first_delta = decimals.next().map_or(0, |(m, _)| m.wrapping_sub(first));
+        // Whatever the predictor, after each decimal the state is its mantissa and the change
+        // from the one before, and the first one is predicted exactly.
+        (walk.mantissa, walk.delta) = (first, first_delta);
+        (walk, first, first_delta)
+    }
+
+    /// The mantissa and zig-zag fix of value `i` at `exp`, if it is a decimal there.
+    #[inline]
+    fn decimal(&self, i: usize, value: f64) -> Option<(i64, u64)> {
+        let digit = self.digits.get(i)?;
+        let mantissa = digit.mantissa(self.exp)?;
+        // Exact operands give the same correctly rounded quotient at any exponent.
+        if mantissa.unsigned_abs() <= 1 << 53 {
+            return Some((mantissa, zigzag(i64::from(digit.fix))));
+        }
+        let fix = value
+            .to_bits()
+            .wrapping_sub(decimal_value(mantissa, self.scale)) as i64;
+        (fix.unsigned_abs() <= MAX_FIX).then_some((mantissa, zigzag(fix)))
+    }
+
+    /// Value `i`'s zig-zag mantissa change against a delta and a delta-of-delta prediction, and
+    /// its zig-zag fix; `None` for an escape.
+    #[inline]
+    fn next(&mut self, i: usize, value: f64) -> Option<([u64; 2], u64)> {
+        let (target, fix) = self.decimal(i, value)?;
+        let step = target.wrapping_sub(self.mantissa);
+        let change = match self.seen {
+            0 => [0, 0],
+            1 => [zigzag(step), 0],
+            _ => [zigzag(step), zigzag(step.wrapping_sub(self.delta))],
+        };
+        if self.seen > 0 {
+            self.delta = step;
+        }
+        self.seen = (self.seen + 1).min(2);
+        self.mantissa = target;
+        Some((change, fix))
+    }
+}
+
+/// One value's symbols in a [`ValuePlan`].
+#[derive(Debug, Clone, Copy)]
+enum Sym {
+    /// The zig-zag change of the mantissa against a delta and a delta-of-delta prediction, and
+    /// the zig-zag ulp fix.
+    Decimal {
+        change: [u64; 2],
+        fix: u64,
+    },
+    Escape,
 }
 
 /// How a block's values are written: the exponent, the predictor, each value's symbols.
@@ -1059,9 +1246,7 @@ struct ValuePlan {
     start_delta: i64,
     syms: Vec<Sym>,
     mantissa_code: Code,
-    mantissa_writer: CodeWriter,
     fix_code: Code,
-    fix_writer: CodeWriter,
     /// The size of the values' bits, header included.
     bits: u64,
 }
@@ -1069,54 +1254,43 @@ struct ValuePlan {
 impl ValuePlan {
     /// The smallest plan among all-escape (Gorilla or raw bits) and the exponents the values
     /// suggest. Rough sizes pick the exponents worth building exactly.
-    fn best(points: &[(i64, f64)]) -> ValuePlan {
-        let mut hint = 0;
-        let digits: Vec<Digits> = points
-            .iter()
-            .map(|&(_, v)| {
-                let digits = Digits::of(v, hint);
-                if digits.d != NO_DIGITS {
-                    hint = digits.d;
-                }
-                digits
-            })
-            .collect();
+    fn best(points: &[(i64, f64)], survey: &Survey) -> ValuePlan {
+        let digits = &survey.digits[..];
         // Exponents that cover at least half as many values as the largest one.
-        let mut covered = [0usize; MAX_EXP + 1];
-        for digit in &digits {
-            if let Some(slot) = covered.get_mut(usize::from(digit.d)) {
-                *slot += 1;
-            }
-        }
+        let mut covered = survey.covered;
         let present = covered.map(|count| count > 0);
         for exp in 1..=MAX_EXP {
             covered[exp] += covered[exp - 1];
         }
         let most = covered[MAX_EXP];
-        let mut exps: Vec<usize> = (0..=MAX_EXP)
-            .filter(|&e| present[e] && covered[e] * 2 >= most)
-            .collect();
-        // All escapes cost the smaller of Gorilla's bits and raw ones.
-        let mut xor_bits = 0;
-        let mut prev = 0u64;
-        for &(_, value) in points {
-            let xor = value.to_bits() ^ prev;
-            prev = value.to_bits();
-            xor_bits += if xor == 0 {
-                1
-            } else {
-                u64::from(70 - xor.leading_zeros() - xor.trailing_zeros())
-            };
+        // Each with its rough size once there are more than two.
+        let mut exps = [(0u64, 0usize); MAX_EXP + 1];
+        let mut n_exps = 0;
+        for exp in (0..=MAX_EXP).filter(|&e| present[e] && covered[e] * 2 >= most) {
+            exps[n_exps] = (0, exp);
+            n_exps += 1;
         }
-        let xor_bits = xor_bits.min(64 * points.len() as u64);
-        if exps.len() > 2 {
+        // All escapes cost the smaller of Gorilla's bits and raw ones.
+        let xor_bits = survey.xor_bits.min(64 * points.len() as u64);
+        if n_exps > 2 {
             let escape = xor_bits / points.len() as u64;
-            exps.sort_by_cached_key(|&exp| guess(&digits, exp, escape));
-            exps.truncate(2);
+            // Values without digits are escapes at every exponent and move no predictor.
+            let usable: Vec<Digits> = digits
+                .iter()
+                .filter(|d| d.d != NO_DIGITS)
+                .copied()
+                .collect();
+            let none = (digits.len() - usable.len()) as u64 * escape;
+            for entry in &mut exps[..n_exps] {
+                entry.0 = guess(&usable, entry.1, escape) + none;
+            }
+            // Ties keep the smaller exponent first, as a stable sort of ascending ones would.
+            exps[..n_exps].sort_unstable();
+            n_exps = 2;
         }
         let mut best: Option<ValuePlan> = None;
-        for exp in exps {
-            let plan = ValuePlan::new(points, &digits, exp);
+        for &(_, exp) in &exps[..n_exps] {
+            let plan = ValuePlan::new(points, digits, exp);
             if best.as_ref().is_none_or(|b| plan.bits < b.bits) {
                 best = Some(plan);
             }
@@ -1138,28 +1312,7 @@ impl ValuePlan {
 
     /// The plan at exponent `exp` with the better predictor; `digits` empty means all escapes.
     fn new(points: &[(i64, f64)], digits: &[Digits], exp: usize) -> Self {
-        let scale = POW10[exp];
-        // The mantissa and zig-zag fix of value `i` at `exp`, if it is a decimal there.
-        let decimal = |i: usize, value: f64| -> Option<(i64, u64)> {
-            let digit = digits.get(i)?;
-            let mantissa = digit.mantissa(exp)?;
-            // Exact operands give the same correctly rounded quotient at any exponent.
-            if mantissa.unsigned_abs() <= 1 << 53 {
-                return Some((mantissa, zigzag(i64::from(digit.fix))));
-            }
-            let fix = value.to_bits().wrapping_sub(decimal_value(mantissa, scale)) as i64;
-            (fix.unsigned_abs() <= MAX_FIX).then_some((mantissa, zigzag(fix)))
-        };
-        let mut decimals = points
-            .iter()
-            .enumerate()
-            .filter_map(|(i, &(_, v))| decimal(i, v));
-        let first = decimals.next().map_or(0, |(m, _)| m);
-        let first_delta = decimals.next().map_or(0, |(m, _)| m.wrapping_sub(first));
-        // Whatever the predictor, after each decimal the state is its mantissa and the change
-        // from the one before, and the first one is predicted exactly.
-        let (mut mantissa, mut delta) = (first, first_delta);
-        let mut seen = 0;
+        let (mut walk, first, first_delta) = Mantissas::new(points, digits, exp);
         let mut change_hist = [[0u32; 65]; 2];
         let mut fix_hist = [0u32; 65];
         let mut escapes = 0;
@@ -1167,19 +1320,8 @@ impl ValuePlan {
         let mut xor_bits = BitCount::default();
         let mut syms = Vec::with_capacity(points.len());
         for (i, &(_, value)) in points.iter().enumerate() {
-            match decimal(i, value) {
-                Some((target, fix)) => {
-                    let step = target.wrapping_sub(mantissa);
-                    let change = match seen {
-                        0 => [0, 0],
-                        1 => [zigzag(step), 0],
-                        _ => [zigzag(step), zigzag(step.wrapping_sub(delta))],
-                    };
-                    seen += 1;
-                    if seen > 1 {
-                        delta = step;
-                    }
-                    mantissa = target;
+            match walk.next(i, value) {
+                Some((change, fix)) => {
                     change_hist[0][bit_len(change[0])] += 1;
                     change_hist[1][bit_len(change[1])] += 1;
                     fix_hist[bit_len(fix)] += 1;
@@ -1212,9 +1354,7 @@ impl ValuePlan {
             start_delta: if dod { first_delta } else { 0 },
             syms,
             mantissa_code,
-            mantissa_writer: mantissa_code.writer(),
             fix_code,
-            fix_writer: fix_code.writer(),
             bits: 0,
         };
         let mut header = BitCount::default();
@@ -1232,24 +1372,60 @@ impl ValuePlan {
         self.mantissa_code.write(out);
         self.fix_code.write(out);
     }
+}
 
-    #[inline]
-    fn write_value(&self, out: &mut impl Sink, i: usize, value: f64, xor: &mut Xor) {
+/// Writes the values of a block by its [`ValuePlan`].
+struct ValueWriter<'a> {
+    syms: &'a [Sym],
+    dod: usize,
+    raw: bool,
+    mantissa: CodeWriter,
+    fix: CodeWriter,
+    xor: Xor,
+}
+
+impl<'a> ValueWriter<'a> {
+    fn new(plan: &'a ValuePlan) -> Self {
+        ValueWriter {
+            syms: &plan.syms,
+            dod: usize::from(plan.dod),
+            raw: plan.raw,
+            mantissa: plan.mantissa_code.writer(),
+            fix: plan.fix_code.writer(),
+            xor: Xor::default(),
+        }
+    }
+
+    /// Writes value `i`.
+    #[inline(always)]
+    fn put(&mut self, out: &mut impl Sink, i: usize, value: f64) {
         match self.syms[i] {
             Sym::Decimal { change, fix } => {
-                self.mantissa_writer.put(out, change[usize::from(self.dod)]);
-                self.fix_writer.put(out, fix);
-                xor.prev = value.to_bits();
-            }
-            Sym::Escape => {
-                self.mantissa_writer.put_escape(out);
-                if self.raw {
-                    out.put(value.to_bits(), 64);
-                    xor.prev = value.to_bits();
+                let change = change[self.dod];
+                let (m, f) = (self.mantissa.entry(change), self.fix.entry(fix));
+                // One write for both symbols when they fit, as they mostly do.
+                if m.bits + f.bits < 64 {
+                    let both = ((m.prefix | change) << f.bits) | f.prefix | fix;
+                    out.put(both, m.bits + f.bits);
                 } else {
-                    xor.put(out, value.to_bits());
+                    self.mantissa.put(out, change);
+                    self.fix.put(out, fix);
                 }
+                self.xor.prev = value.to_bits();
             }
+            Sym::Escape => self.put_escape(out, value),
+        }
+    }
+
+    /// Kept out of line: most blocks have few escapes or none.
+    #[inline(never)]
+    fn put_escape(&mut self, out: &mut impl Sink, value: f64) {
+        self.mantissa.put_escape(out);
+        if self.raw {
+            out.put(value.to_bits(), 64);
+            self.xor.prev = value.to_bits();
+        } else {
+            self.xor.put(out, value.to_bits());
         }
     }
 }
@@ -1620,6 +1796,286 @@ mod tests {
         assert!(size < 8.2, "{size}");
     }
 
+    /// [`decimal_digits`] as first written, without its shortcuts (the integer test, the last
+    /// digit, the wider division skip): the reference the fast one must match exactly, since
+    /// the digits decide the encoding.
+    fn decimal_digits_plain(value: f64, hint: u8) -> Option<(u8, i64, i16)> {
+        let at = |d: usize| -> Result<Option<(i64, i16)>, ()> {
+            let scale = POW10[d];
+            let scaled = value * scale;
+            if scaled.is_nan() || scaled.abs() >= DECIMAL_LIMIT {
+                return Err(());
+            }
+            let mut m = scaled as i64;
+            let fraction = scaled - m as f64;
+            if fraction.abs() > 1e-3 && fraction.abs() < 1.0 - 1e-3 && scaled.abs() < 1e9 {
+                return Ok(None);
+            }
+            if fraction >= 0.5 {
+                m += 1;
+            } else if fraction <= -0.5 {
+                m -= 1;
+            }
+            let fix = value.to_bits().wrapping_sub(decimal_value(m, scale)) as i64;
+            Ok((fix.unsigned_abs() <= MAX_FIX).then_some((m, fix as i16)))
+        };
+        let magnitude = value.abs();
+        if magnitude.is_nan() || magnitude >= DECIMAL_LIMIT {
+            return None;
+        }
+        if magnitude < 1e-23 {
+            return at(0).ok()?.map(|(m, fix)| (0, m, fix));
+        }
+        let hint = usize::from(hint).min(MAX_EXP);
+        if let Ok(Some(found)) = at(hint) {
+            let mut best = (hint as u8, found.0, found.1);
+            for d in (0..hint).rev() {
+                match at(d) {
+                    Ok(Some((m, fix))) => best = (d as u8, m, fix),
+                    _ => break,
+                }
+            }
+            return Some(best);
+        }
+        for d in (0..=MAX_EXP).filter(|&d| d != hint) {
+            match at(d) {
+                Ok(Some((m, fix))) => return Some((d as u8, m, fix)),
+                Ok(None) => {}
+                Err(()) => return None,
+            }
+        }
+        None
+    }
+
+    /// Values where a shortcut could go wrong: integers around 2^53 and around 2^53 / 10^k
+    /// (the integer test's limit), mantissas around 2^43 (the last-digit test's limit), values
+    /// whose last digit is 0, float noise, long decimals, tiny and huge values, every special.
+    fn tricky_values(rng: &mut Rng) -> Vec<f64> {
+        let mut values = SPECIAL.to_vec();
+        for scale in POW10_INT {
+            let edge = (1i64 << 53) / scale;
+            for delta in -2..=2 {
+                values.push((edge + delta) as f64);
+                values.push(-(edge + delta) as f64);
+            }
+        }
+        for scale in POW10 {
+            for base in [1i64 << 43, 1 << 53, 9_999_999_999_999, 1_000_000] {
+                for delta in [-11, -10, -1, 0, 1, 10] {
+                    values.push((base + delta) as f64 / scale);
+                }
+            }
+        }
+        for _ in 0..3000 {
+            let k = rng.below(23) as usize;
+            let m = (rng.next() >> rng.below(64)) as i64 * if rng.below(2) == 0 { 1 } else { -1 };
+            let v = m as f64 / POW10[k];
+            values.push(v);
+            values.push(v * 10.0);
+            values.push(f64::from_bits(
+                v.to_bits().wrapping_add(rng.below(600)).wrapping_sub(300),
+            ));
+            values.push(0.1 * (rng.below(1000) as f64) + 0.2 * (rng.below(1000) as f64));
+            values.push(rng.finite());
+            values.push(f64::from_bits(rng.next()));
+        }
+        values
+    }
+
+    #[test]
+    fn decimal_digits_match_the_plain_search_at_every_hint() {
+        let mut rng = Rng(23);
+        for value in tricky_values(&mut rng) {
+            for hint in 0..=MAX_EXP as u8 + 2 {
+                assert_eq!(
+                    decimal_digits(value, hint),
+                    decimal_digits_plain(value, hint),
+                    "{value:e} (bits {:#x}) at hint {hint}",
+                    value.to_bits()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn survey_digits_match_a_value_by_value_search() {
+        // Repeats take the previous value's digits without a search: that must be what the
+        // search, hinted by those digits, finds.
+        let mut rng = Rng(29);
+        let pool = tricky_values(&mut rng);
+        for _ in 0..400 {
+            let n = 1 + rng.below(300) as usize;
+            let mut points = Vec::with_capacity(n);
+            let mut v = 1.5;
+            for i in 0..n {
+                if rng.below(3) != 0 {
+                    v = pool[rng.below(pool.len() as u64) as usize];
+                }
+                points.push((i as i64, v));
+            }
+            let survey = Survey::new(&points);
+            let mut hint = 0;
+            for (digit, &(_, value)) in survey.digits.iter().zip(&points) {
+                let expected = decimal_digits_plain(value, hint);
+                let got = (digit.d != NO_DIGITS).then_some((digit.d, digit.m, digit.fix));
+                assert_eq!(got, expected, "{value:e} at hint {hint}");
+                if let Some((d, _, _)) = expected {
+                    hint = d;
+                }
+            }
+            round_trip(&points);
+        }
+    }
+
+    #[test]
+    fn blocks_whose_digits_change_between_values_round_trip() {
+        // The hint from one value is wrong for the next: fewer digits, more, none, an integer
+        // at the edge of exactness, then decimals again.
+        let values = [
+            51.846,
+            51.8,
+            51.85,
+            7.0,
+            9_007_199_254_740_992.0,
+            -9_007_199_254_740_993.0,
+            900_719_925_474.099_2,
+            0.1 + 0.2,
+            1e-30,
+            -0.0,
+            73.967_322_07,
+            73.967_322_07,
+            1e300,
+            f64::NAN,
+            12.345_678_901_234_567,
+            94.797_999_999_999_99,
+            0.132,
+        ];
+        let points: Vec<(i64, f64)> = values
+            .iter()
+            .cycle()
+            .take(600)
+            .enumerate()
+            .map(|(i, &v)| (60 * i as i64, v))
+            .collect();
+        round_trip(&points);
+        for window in points.windows(5) {
+            round_trip(window);
+        }
+    }
+
+    #[test]
+    fn integers_at_the_edges_of_exactness_round_trip() {
+        let mut points = Vec::new();
+        for scale in POW10_INT {
+            let edge = (1i64 << 53) / scale;
+            for delta in -3..=3 {
+                points.push((points.len() as i64, (edge + delta) as f64));
+                points.push((points.len() as i64, -((edge + delta) as f64)));
+            }
+        }
+        for shift in 50..64 {
+            let edge = 1i64 << shift.min(62);
+            points.push((points.len() as i64, edge as f64));
+            points.push((points.len() as i64, -(edge as f64)));
+        }
+        round_trip(&points);
+        // A counter climbing past 2^53, where integers stop being exact.
+        let counter: Vec<(i64, f64)> = (0..2000)
+            .map(|i| (i, ((1i64 << 53) - 1000 + i) as f64))
+            .collect();
+        round_trip(&counter);
+    }
+
+    #[test]
+    fn code_sizes_match_sorting_the_symbols() {
+        let mut rng = Rng(31);
+        for _ in 0..2000 {
+            let mut cumulative = [0u64; 65];
+            let mut total = 0;
+            for slot in cumulative.iter_mut() {
+                if rng.below(4) == 0 {
+                    total += rng.below(300);
+                }
+                *slot = total;
+            }
+            let escapes = rng.below(3) as u32 * rng.below(200) as u32;
+            let sizes = Sizes {
+                cumulative: &cumulative,
+                top: 64,
+                escapes,
+            };
+            let mut narrow: Vec<u8> = (0..rng.below(5)).map(|_| rng.below(64) as u8).collect();
+            narrow.sort_unstable();
+            narrow.dedup();
+            // The size written out: bucket widths, then prefixes by rank, most frequent first.
+            let mut symbols: Vec<(u64, u64)> = Vec::new();
+            let mut below = 0;
+            for &width in narrow.iter().chain([&64]) {
+                let up_to = cumulative[usize::from(width)];
+                symbols.push((up_to - below, u64::from(width)));
+                below = up_to;
+            }
+            if escapes > 0 {
+                symbols.push((u64::from(escapes), 0));
+            }
+            symbols.sort_by_key(|&(count, _)| std::cmp::Reverse(count));
+            let n = symbols.len();
+            let expected: u64 = symbols
+                .iter()
+                .enumerate()
+                .map(|(rank, &(count, width))| count * (width + (rank + 1).min(n - 1) as u64))
+                .sum();
+            assert_eq!(sizes.bits(&narrow), expected, "{narrow:?}");
+        }
+    }
+
+    #[test]
+    fn code_writer_puts_each_length_in_the_narrowest_bucket() {
+        let mut rng = Rng(37);
+        for _ in 0..2000 {
+            let n = 1 + rng.below(MAX_SYMBOLS as u64) as usize;
+            let mut code = Code {
+                n,
+                widths: [0; MAX_SYMBOLS],
+            };
+            for width in &mut code.widths[..n] {
+                *width = if rng.below(6) == 0 {
+                    ESCAPE
+                } else {
+                    rng.below(65) as u8
+                };
+            }
+            let writer = code.writer();
+            for len in 0..=64usize {
+                let narrowest = (0..n)
+                    .filter(|&r| code.widths[r] != ESCAPE && usize::from(code.widths[r]) >= len)
+                    .min_by_key(|&r| (code.widths[r], r));
+                let entry = writer.by_len[len];
+                match narrowest {
+                    Some(rank) => {
+                        let (prefix, plen) = code.prefix(rank);
+                        assert_eq!(
+                            (entry.len, entry.width),
+                            (plen as u8, code.widths[rank]),
+                            "{code:?} {len}"
+                        );
+                        let bits = plen + u32::from(code.widths[rank]);
+                        assert_eq!(entry.bits, bits);
+                        let shifted = if bits <= 64 {
+                            prefix
+                                .checked_shl(u32::from(code.widths[rank]))
+                                .unwrap_or(0)
+                        } else {
+                            prefix
+                        };
+                        assert_eq!(entry.prefix, shifted);
+                    }
+                    None => assert_eq!(entry.bits, 0, "{code:?} {len}"),
+                }
+            }
+        }
+    }
+
     /// Runs `scripts/gen_data.py` and groups its lines per series.
     fn generated(kind: &str, points: usize) -> Vec<(String, Vec<(i64, f64)>)> {
         let output = std::process::Command::new("python3")
@@ -1714,6 +2170,178 @@ mod tests {
                     bytes as f64 / n as f64
                 );
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod speed {
+    use super::*;
+
+    /// splitmix64: a seeded generator for the timing data.
+    struct Gen(u64);
+
+    impl Gen {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+
+        fn unit(&mut self) -> f64 {
+            (self.next() >> 11) as f64 / (1u64 << 53) as f64
+        }
+
+        /// Roughly normal: the sum of four uniforms, centred.
+        fn noise(&mut self) -> f64 {
+            (0..4).map(|_| self.unit()).sum::<f64>() - 2.0
+        }
+    }
+
+    /// Rounds to `d` decimals the way Python's `round` prints: through the shortest decimal.
+    fn round(x: f64, d: i32) -> f64 {
+        format!("{x:.0$}", d as usize).parse().expect("a float")
+    }
+
+    pub(super) const KINDS: [&str; 8] = [
+        "gauge3", "noisy", "temp8", "counter", "events", "constant", "latency", "random",
+    ];
+
+    /// `n` points of one kind of series, shaped like `scripts/gen_data.py`'s: 60 s apart, one
+    /// stamp in twenty a second off, each series 2048 points long.
+    pub(super) fn series(kind: &str, n: usize, seed: u64) -> Vec<(i64, f64)> {
+        let mut g = Gen(seed ^ (kind.len() as u64 * 0x1234_5678));
+        let mut out = Vec::with_capacity(n);
+        let mut x = 0.0;
+        let mut level = 0.0;
+        for i in 0..n {
+            if i % 2048 == 0 {
+                level = 1.0 + 60.0 * g.unit();
+                x = match kind {
+                    "temp8" => 30.0 + 60.0 * g.unit(),
+                    "counter" => (g.next() % 10_000_000) as f64,
+                    _ => level,
+                };
+            }
+            let v = match kind {
+                "gauge3" => {
+                    x = (x + 0.3 * (level - x) + 3.0 * g.noise()).clamp(0.0, 100.0);
+                    round(x, 3)
+                }
+                "noisy" => {
+                    x = (x + 0.3 * (level - x) + 3.0 * g.noise()).clamp(0.0, 100.0);
+                    let x = round(x, 3);
+                    let user = round(x * (0.5 + 0.3 * g.unit()), 3);
+                    let system = round((x - user) * (0.6 + 0.3 * g.unit()), 3);
+                    user + system + round((x - user - system).max(0.0), 3)
+                }
+                "temp8" => {
+                    x += 0.05 * (level + 30.0 - x) + 0.02 * g.noise();
+                    round(x, 8)
+                }
+                "counter" => {
+                    x += (g.next() % (1 + (level * level) as u64)) as f64;
+                    x
+                }
+                "events" => (g.next() % (1 + 2 * level as u64)) as f64,
+                "constant" => {
+                    if g.next().is_multiple_of(500) {
+                        x = [0.0, 1.0, 16384.0, 99.5, 3.3][(g.next() % 5) as usize];
+                    }
+                    x
+                }
+                "latency" => {
+                    let count = 1 + g.next() % 200;
+                    round(level * count as f64 * (1.0 + g.noise()).abs(), 3) / count as f64
+                }
+                _ => loop {
+                    let v = f64::from_bits(g.next());
+                    if v.is_finite() {
+                        break v;
+                    }
+                },
+            };
+            let jitter = i64::from(g.next().is_multiple_of(20));
+            out.push((1_700_000_000 + 60 * i as i64 + jitter, v));
+        }
+        out
+    }
+
+    /// The median and the fastest run: the machine may be shared, and the fastest run is the
+    /// one least disturbed.
+    fn median_min(mut xs: Vec<f64>) -> (f64, f64) {
+        xs.sort_by(f64::total_cmp);
+        (xs[xs.len() / 2], xs[0])
+    }
+
+    /// Prints, per kind of series in 256-point blocks (as the store seals them): bytes per
+    /// point, the median encode and decode ns per point over several runs, and a hash of the
+    /// encoded bytes, to show a faster encoder writes the same bytes. Run with
+    /// `cargo test --release --lib codec::speed -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn report_codec_speed() {
+        let n: usize = std::env::var("CODEC_POINTS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(300_000);
+        let runs = |var: &str| -> usize {
+            std::env::var(var)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(11)
+        };
+        let (encode_runs, decode_runs) = (runs("CODEC_ENCODE_RUNS"), runs("CODEC_DECODE_RUNS"));
+        let only = std::env::var("CODEC_KINDS").unwrap_or_default();
+        for kind in KINDS
+            .into_iter()
+            .filter(|k| only.is_empty() || only.contains(k))
+        {
+            let points = series(kind, n, 42);
+            let chunks: Vec<&[(i64, f64)]> = points.chunks(256).collect();
+            let mut encode = Vec::new();
+            let mut blocks = Vec::new();
+            for _ in 0..encode_runs.max(1) {
+                let started = std::time::Instant::now();
+                blocks = chunks.iter().map(|c| Block::encode(c)).collect::<Vec<_>>();
+                encode.push(started.elapsed().as_nanos() as f64 / n as f64);
+            }
+            let mut decode = Vec::new();
+            let mut out = Vec::with_capacity(n);
+            for _ in 0..decode_runs.max(1) {
+                out.clear();
+                let started = std::time::Instant::now();
+                for block in &blocks {
+                    block.decode_into(&mut out);
+                }
+                decode.push(started.elapsed().as_nanos() as f64 / n as f64);
+                assert_eq!(out.len(), n);
+            }
+            assert!(out
+                .iter()
+                .zip(&points)
+                .all(|(a, b)| a.0 == b.0 && a.1.to_bits() == b.1.to_bits()));
+            let bytes: usize = blocks
+                .iter()
+                .map(|b| b.heap_bytes() + size_of::<Block>())
+                .sum();
+            let hash = blocks
+                .iter()
+                .flat_map(|b| b.bytes.iter())
+                .fold(0xcbf2_9ce4_8422_2325u64, |h, &byte| {
+                    (h ^ u64::from(byte)).wrapping_mul(0x100_0000_01b3)
+                });
+            let (encode, decode) = (median_min(encode), median_min(decode));
+            println!(
+                "{kind:>9}: {:.3} bytes/point, ns/point encode {:5.1} (min {:5.1}), decode {:5.2} (min {:5.2}), bytes {hash:016x}",
+                bytes as f64 / n as f64,
+                encode.0,
+                encode.1,
+                decode.0,
+                decode.1,
+            );
         }
     }
 }
