@@ -39,10 +39,10 @@ pub const BLOCK_POINTS: usize = 128;
 const MERGED_POINTS: usize = 1024;
 /// Most points in a block that seals are appended to: larger, since appending costs only the
 /// new points' encoding, and each block costs about 64 bytes of its own.
-const SEALED_MOST: usize = 2048;
+const SEALED_MOST: usize = 4096;
 /// Newest points kept in the head after sealing, for points that arrive a little late: the
 /// least, for series written in order.
-const SLACK_LEAST: usize = 8;
+const SLACK_LEAST: usize = 4;
 /// The most: series written by connections that interleave their timestamps earn a larger
 /// slack (doubling whenever a point lands just behind the head), so that a lagging connection's
 /// points still go to the head rather than into a sealed block.
@@ -58,7 +58,7 @@ const SMALL_HEAD: usize = 64;
 const LATE_MOST: usize = 1024;
 /// Points one merge of a late list may decode from blocks (at least one block): about 3 ms of
 /// work, so a put that fills a list of scattered late points holds the lock no longer.
-const MERGE_BUDGET: usize = 32 * SEALED_MOST;
+const MERGE_BUDGET: usize = 1 << 16;
 /// Index shards: growing one rehashes at most 1/64 of the names.
 const SHARDS: usize = 64;
 /// What one series costs besides its points: the slab slot, the name's allocation header,
@@ -1409,13 +1409,14 @@ mod tests {
         // only the budget's worth of blocks, the rest waits, and nothing is lost.
         let mut store = Store::new();
         let mut model = BTreeMap::new();
-        let blocks = (LATE_MOST + 10) as i64;
-        for t in 0..blocks * SEALED_MOST as i64 {
+        let blocks = (3 * MERGE_BUDGET / SEALED_MOST) as i64;
+        for t in 0..(blocks + 1) * SEALED_MOST as i64 {
             put(&mut store, "m", 1.0, t * 10);
             model.insert(t * 10, 1.0);
         }
+        let stride = blocks * SEALED_MOST as i64 / LATE_MOST as i64;
         for i in 0..LATE_MOST as i64 {
-            let t = (i * SEALED_MOST as i64 + 7) * 10 + 5;
+            let t = (i * stride + 7) * 10 + 5;
             put(&mut store, "m", 2.0, t);
             model.insert(t, 2.0);
         }
