@@ -942,8 +942,9 @@ mod tests {
         for (line, expected) in cases {
             assert_eq!(tokens(line).collect::<Vec<_>>(), *expected, "{line:?}");
         }
-        // Every split point, for separators at every offset within and across words.
-        for len in 1..40 {
+        // Every split point, for separators at every offset within and across words, on both
+        // sides of the 64-byte line that the bit mask handles.
+        for len in 1..140 {
             for at in 0..len {
                 let mut line = vec![b'x'; len];
                 line[at] = if at % 2 == 0 { b' ' } else { b'\t' };
@@ -952,6 +953,27 @@ mod tests {
                     text.split([' ', '\t']).filter(|t| !t.is_empty()).collect();
                 assert_eq!(tokens(&text).collect::<Vec<_>>(), expected, "{text:?}");
             }
+        }
+    }
+
+    #[test]
+    fn tokens_match_a_plain_split_on_random_lines() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..20_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let len = (seed % 140) as usize;
+            let text: String = (0..len)
+                .map(|i| match (seed >> (i % 60)) % 7 {
+                    0 => ' ',
+                    1 => '\t',
+                    2 => 'é',
+                    _ => 'x',
+                })
+                .collect();
+            let expected: Vec<&str> = text.split([' ', '\t']).filter(|t| !t.is_empty()).collect();
+            assert_eq!(tokens(&text).collect::<Vec<_>>(), expected, "{text:?}");
         }
     }
 
