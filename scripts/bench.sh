@@ -4,7 +4,7 @@
 # redis-benchmark are installed (Debian package `redis`), runs the same put shapes against Redis
 # and prints the ratios.
 #
-# Usage: scripts/bench.sh                                  (about eight minutes on 2 cores)
+# Usage: scripts/bench.sh                                  (about five minutes on 2 idle cores)
 #        QUICK=1 scripts/bench.sh                          (smaller counts, about three minutes)
 #        BEFORE=/path/to/old/metrics scripts/bench.sh      (adds a "before" column: the shapes
 #                                                           the old binary supports, same run)
