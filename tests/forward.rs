@@ -569,6 +569,89 @@ fn compaction_after_an_upstream_fell_behind_mid_stream_keeps_its_place() {
     assert_drained(&server, all.len());
 }
 
+/// Puts one point per spelling of a value, `spelled.I` at 1700000000 + I; returns the points
+/// the server stored.
+fn put_spellings(server: &TestServer, spellings: &[&str]) -> BTreeSet<Point> {
+    let mut body = String::new();
+    let mut expected = BTreeSet::new();
+    for (i, text) in spellings.iter().enumerate() {
+        let ts = 1_700_000_000 + i as i64;
+        body.push_str(&format!("put spelled.{i} {text} {ts}\n"));
+        let value: f64 = text.parse().unwrap();
+        expected.insert((format!("spelled.{i}"), ts, value.to_bits()));
+    }
+    let mut stream = server.connect();
+    stream.write_all(body.as_bytes()).unwrap();
+    let mut replies = vec![0u8; OK.len() * spellings.len()];
+    stream.read_exact(&mut replies).unwrap();
+    assert!(replies.chunks(OK.len()).all(|r| r == OK));
+    expected
+}
+
+#[test]
+fn values_reach_victoria_metrics_exactly_however_the_client_spelled_them() {
+    // However a client spells a value, VictoriaMetrics must store the double the server stored.
+    // (It keeps about 15 significant digits and no negative zero, so values past that are
+    // checked against the fake upstream below.)
+    if !victoria_metrics_installed() {
+        return;
+    }
+    let vm = Vm::running("spellings");
+    let upstream = vm.graphite.to_string();
+    let server = TestServer::start_with(&["--forward", &upstream]);
+    let spellings = [
+        "0.5",
+        "0.50",
+        "007",
+        "-12.25",
+        "1e3",
+        "2.5E-3",
+        ".5",
+        "5.",
+        "+1.5",
+        "1700000000.25",
+        "0.000000000000001234",
+        "-98765.4321",
+    ];
+    vm.wait_for(&put_spellings(&server, &spellings));
+}
+
+#[test]
+fn forwarded_lines_read_back_as_the_stored_values_bit_for_bit() {
+    let upstream = FakeUpstream::start(vec![Script::Read]);
+    let server = forwarding_to(upstream.addr, &[]);
+    let spellings = [
+        "0.5",
+        "0.50",
+        "007",
+        "-12.25",
+        "1e3",
+        ".5",
+        "5.",
+        "+1.5",
+        "-0",
+        "-0.000",
+        "0",
+        "94.79799999999999",
+        "0.1234567890123456",
+        "123456789012345678",
+        "1.7976931348623157e308",
+        "5e-324",
+        "-2.2250738585072014e-308",
+        "123456789012345",
+    ];
+    upstream.wait_for(&put_spellings(&server, &spellings));
+    // Every value went as `get` prints it.
+    let lines = upstream.lines();
+    for line in [
+        "spelled.2 7.0 1700000002",
+        "spelled.4 1000.0 1700000004",
+        "spelled.8 -0.0 1700000008",
+    ] {
+        assert!(lines.iter().any(|l| l == line), "{line} not in {lines:?}");
+    }
+}
+
 #[test]
 fn two_upstreams_each_receive_every_point() {
     if !victoria_metrics_installed() {
