@@ -13,7 +13,7 @@ use crate::forward::{self, Totals, Upstream};
 use crate::journal::{CompactReport, Fsync, Journal, JournalError, Position, WriteError};
 use crate::log;
 use crate::protocol::{self, Request, RequestError, Selector};
-use crate::store::{MemoryFull, SeriesSnapshot, Store};
+use crate::store::{MemoryFull, NameHasher, SeriesSnapshot, Store};
 use crate::{error, info, warn};
 use std::ops::RangeInclusive;
 use std::path::Path;
@@ -114,6 +114,8 @@ struct Counters {
 #[derive(Debug)]
 pub(crate) struct Db {
     store: Mutex<Store>,
+    /// The store's name hasher: puts' names are hashed before the lock is taken.
+    names: NameHasher,
     journal: Option<Arc<Journal>>,
     upstreams: Vec<Arc<Upstream>>,
     forwarded: Arc<Totals>,
@@ -133,6 +135,7 @@ impl Db {
     pub fn open(settings: Settings<'_>) -> Result<Db, JournalError> {
         let mut db = Db {
             store: Mutex::new(Store::new()),
+            names: NameHasher::default(),
             journal: None,
             upstreams: Vec::new(),
             forwarded: Arc::new(Totals::default()),
@@ -147,6 +150,8 @@ impl Db {
             db.store = Mutex::new(store);
             db.journal = Some(Arc::new(journal));
         }
+        let names = db.lock().name_hasher();
+        db.names = names;
         for addr in settings.forward {
             let totals = Arc::clone(&db.forwarded);
             db.upstreams.push(Arc::new(match &db.journal {
@@ -214,10 +219,19 @@ impl Db {
         } else {
             Vec::new()
         };
+        // Hashed before the lock: the less each put does under it, the better several
+        // connections share it.
+        let hashes: Vec<u64> = requests
+            .iter()
+            .map(|request| match request {
+                Ok(Request::Put { metric, .. }) => self.names.hash(metric),
+                _ => 0,
+            })
+            .collect();
         let written_to = {
             let mut store = self.lock();
             let mut appender = None;
-            for request in requests {
+            for (request, &hash) in requests.iter().zip(&hashes) {
                 applied.consumed += 1;
                 match *request {
                     Ok(Request::Put {
@@ -232,7 +246,7 @@ impl Db {
                             }
                             continue;
                         }
-                        if let Err(MemoryFull) = store.put(metric, value, timestamp) {
+                        if let Err(MemoryFull) = store.put_hashed(metric, hash, value, timestamp) {
                             applied.memory_refused += 1;
                             Reply::push_error(replies, MEMORY_LIMIT_REACHED);
                             continue;

@@ -139,7 +139,7 @@ pub struct Store {
     /// lives in `collisions`.
     shards: Vec<HashMap<u64, u32, BuildHasherDefault<Identity>>>,
     collisions: HashMap<Arc<str>, u32>,
-    hasher: RandomState,
+    hasher: NameHasher,
     /// The series, by slot; freed slots are reused.
     slots: Vec<Option<Series>>,
     free: Vec<u32>,
@@ -155,6 +155,19 @@ pub struct Store {
 /// A put refused because the store holds its memory limit: it would add a point or a metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemoryFull;
+
+/// The store's keyed hash of metric names (SipHash with keys of its own, for resistance to
+/// hash flooding). A clone hashes as the store does, so that callers can hash names before
+/// they take the store's lock ([`Store::put_hashed`]).
+#[derive(Debug, Clone, Default)]
+pub struct NameHasher(RandomState);
+
+impl NameHasher {
+    /// The hash the store files `name` under.
+    pub fn hash(&self, name: &str) -> u64 {
+        self.0.hash_one(name)
+    }
+}
 
 /// A hasher for keys that are already hashes.
 #[derive(Debug, Default)]
@@ -214,7 +227,7 @@ impl Store {
     }
 
     fn hash(&self, name: &str) -> u64 {
-        self.hasher.hash_one(name)
+        self.hasher.hash(name)
     }
 
     fn shard(hash: u64) -> usize {
@@ -234,7 +247,27 @@ impl Store {
     /// # Errors
     /// [`MemoryFull`] when the memory limit is reached and the put is not an overwrite.
     pub fn put(&mut self, metric: &str, value: f64, timestamp: i64) -> Result<(), MemoryFull> {
-        let hash = self.hash(metric);
+        self.put_hashed(metric, self.hash(metric), value, timestamp)
+    }
+
+    /// The hasher of metric names: a clone hashes as the store does.
+    pub fn name_hasher(&self) -> NameHasher {
+        self.hasher.clone()
+    }
+
+    /// [`put`](Store::put) with the name's hash from [`name_hasher`](Store::name_hasher),
+    /// computed before the caller took the lock.
+    ///
+    /// # Errors
+    /// As [`put`](Store::put).
+    pub fn put_hashed(
+        &mut self,
+        metric: &str,
+        hash: u64,
+        value: f64,
+        timestamp: i64,
+    ) -> Result<(), MemoryFull> {
+        debug_assert_eq!(hash, self.hash(metric), "a hash from another hasher");
         let full = self.full();
         let slot = match self.slot_of(metric, hash) {
             Some(slot) => slot,
@@ -342,7 +375,7 @@ impl Store {
             let heir = self
                 .collisions
                 .iter()
-                .find(|(name, _)| self.hasher.hash_one(&***name) == hash)
+                .find(|(name, _)| self.hasher.hash(name) == hash)
                 .map(|(name, &slot)| (Arc::clone(name), slot));
             if let Some((name, heir)) = heir {
                 self.collisions.remove(&name);
