@@ -8,12 +8,12 @@
 //! points stay in the head (the slack), so that points arriving slightly late are cheap.
 //!
 //! Any other point (older than the newest; an overwrite of one in the head is made in place
-//! when no late point is waiting) goes to the series' late list,
-//! unsorted, and is merged into the head and the blocks it belongs in when the list is full,
-//! before a seal that needs it, or on the next maintenance tick: one pass over the head and
-//! one decode and encode per block touched, whatever the order of writes. A series whose late
-//! points land just behind the head (connections interleaving their timestamps) earns a larger
-//! slack, up to [`SLACK_MOST`], and gives it back when its writes are in order again.
+//! when no late point is waiting) goes to the series' late list, unsorted, and is merged into
+//! the head and the blocks it belongs in when the list is full, before a seal that needs it,
+//! or on the next maintenance tick: one pass over the head and one decode and encode per block
+//! touched, whatever the order of writes. A series whose late points land just behind the head
+//! (connections interleaving their timestamps) earns a larger slack, up to [`SLACK_MOST`], and
+//! gives it back when its writes are in order again.
 //!
 //! Blocks sit behind `Arc`s: a read takes [`SeriesSnapshot`]s that share them (reference
 //! counts, no copies) plus a copy of at most one head, so the lock is held for microseconds and
@@ -44,8 +44,8 @@ const SEALED_MOST: usize = 4096;
 /// least, for series written in order.
 const SLACK_LEAST: usize = 4;
 /// The most: series written by connections that interleave their timestamps earn a larger
-/// slack (doubling whenever a point lands just behind the head), so that a lagging connection's
-/// points still go to the head rather than into a sealed block.
+/// slack (twice the lag of a point that lands just behind the head), so that a lagging
+/// connection's points still go to the head rather than into a sealed block.
 const SLACK_MOST: usize = 2048;
 /// Seals without a point just behind the head after which the slack halves again.
 const SLACK_QUIET_SEALS: u8 = 8;
@@ -101,6 +101,23 @@ fn merge_in_place(points: &mut Vec<(i64, f64)>, new: &[(i64, f64)]) -> usize {
     }
     debug_assert_eq!(w, i);
     replaced
+}
+
+/// Sorts points by timestamp and keeps, of several at one timestamp, the one that came last
+/// (the sort is stable); returns how many it dropped.
+fn keep_latest(points: &mut Vec<(i64, f64)>) -> usize {
+    points.sort_by_key(|&(t, _)| t);
+    let before = points.len();
+    points.reverse();
+    points.dedup_by_key(|&mut (t, _)| t);
+    points.reverse();
+    before - points.len()
+}
+
+/// About how many of `len` points spread evenly from `first` to `last` are after `timestamp`.
+fn points_after(first: i64, last: i64, len: usize, timestamp: i64) -> usize {
+    let span = last.abs_diff(first).max(1) as f64;
+    (last.abs_diff(timestamp) as f64 / span * len as f64) as usize
 }
 
 fn clamp_u16(n: usize) -> u16 {
@@ -534,6 +551,11 @@ impl Series {
             + self.block_bytes
     }
 
+    /// The most points the head holds before its oldest are sealed.
+    fn head_most(&self) -> usize {
+        BLOCK_POINTS + usize::from(self.slack)
+    }
+
     /// The newest sealed timestamp: points after it belong in the head.
     fn sealed_until(&self) -> Option<i64> {
         self.blocks.last().map(|b| b.last())
@@ -594,8 +616,7 @@ impl Series {
                         }
                         self.head.len() - found.unwrap_or_else(|at| at)
                     } else {
-                        let span = newest.abs_diff(first).max(1) as f64;
-                        (newest.abs_diff(timestamp) as f64 / span * self.head.len() as f64) as usize
+                        points_after(first, newest, self.head.len(), timestamp)
                     };
                     self.reach = self.reach.max(clamp_u16(lag));
                 } else {
@@ -652,7 +673,7 @@ impl Series {
             self.blocks.pop();
         }
         if !points.is_empty() {
-            let room = BLOCK_POINTS + usize::from(self.slack) + 1;
+            let room = self.head_most() + 1;
             points.reserve(room.saturating_sub(points.len()).max(self.head.len()));
             points.extend_from_slice(&self.head);
             self.head = points;
@@ -668,9 +689,8 @@ impl Series {
                 return (behind > 0).then_some(behind);
             }
             if timestamp >= block.first() {
-                let span = block.last().abs_diff(block.first()).max(1) as f64;
-                let within = block.last().abs_diff(timestamp) as f64 / span * block.len() as f64;
-                return Some(behind + within as usize).filter(|&n| n <= SLACK_MOST);
+                let within = points_after(block.first(), block.last(), block.len(), timestamp);
+                return Some(behind + within).filter(|&n| n <= SLACK_MOST);
             }
             behind += block.len();
             if behind > SLACK_MOST {
@@ -691,19 +711,8 @@ impl Series {
     /// scattered the late points; the rest stay in the list. Points that replaced another (in
     /// the list itself, the head or a block) are taken off `len` here.
     fn merge_late_within(&mut self, budget: usize) {
-        let mut late = std::mem::take(&mut self.late);
-        // Stable, so that of two puts at one timestamp the later stays last.
-        late.sort_by_key(|&(t, _)| t);
-        let mut replaced = 0;
-        let mut points = Vec::with_capacity(late.len());
-        for pair in late.windows(2) {
-            if pair[0].0 == pair[1].0 {
-                replaced += 1;
-            } else {
-                points.push(pair[0]);
-            }
-        }
-        points.extend(late.last());
+        let mut points = std::mem::take(&mut self.late);
+        let mut replaced = keep_latest(&mut points);
         let in_blocks = match self.sealed_until() {
             Some(until) => points.partition_point(|&(t, _)| t <= until),
             None => 0,
@@ -726,7 +735,7 @@ impl Series {
             rest = others;
         }
         if !recent.is_empty() {
-            let room = BLOCK_POINTS + usize::from(self.slack) + 1;
+            let room = self.head_most() + 1;
             let needed = self.head.len() + recent.len();
             self.head.reserve_exact(room.max(needed) - self.head.len());
             replaced += merge_in_place(&mut self.head, recent);
@@ -734,7 +743,7 @@ impl Series {
         self.len -= replaced;
         // What the budget left waits for the next merge; `late` is empty here (taken above).
         self.late.extend_from_slice(rest);
-        while self.head.len() > BLOCK_POINTS + usize::from(self.slack) {
+        while self.head.len() > self.head_most() {
             self.seal();
         }
     }
@@ -761,7 +770,7 @@ impl Series {
             let grown = if len < SMALL_HEAD {
                 (len * 2).max(4)
             } else {
-                let room = BLOCK_POINTS + usize::from(self.slack) + 1;
+                let room = self.head_most() + 1;
                 // Past its room only while a head drains after an unseal: a block at a time.
                 if len < room {
                     room
@@ -772,7 +781,7 @@ impl Series {
             self.head.reserve_exact(grown - len);
         }
         self.head.push((timestamp, value));
-        if self.head.len() > BLOCK_POINTS + usize::from(self.slack) {
+        if self.head.len() > self.head_most() {
             let sealing = self.head[0].0..=self.head[BLOCK_POINTS - 1].0;
             if self.late.iter().any(|(t, _)| sealing.contains(t)) {
                 // Late points belong among those about to be sealed.
@@ -814,7 +823,7 @@ impl Series {
             self.reach = 0;
         }
         // A head that has outgrown its slack gives the room back.
-        let most = BLOCK_POINTS + usize::from(self.slack) + 1;
+        let most = self.head_most() + 1;
         if self.head.capacity() > 2 * most {
             self.head.shrink_to(most);
         }
@@ -881,17 +890,13 @@ impl Series {
             (
                 self.blocks[start..end.max(start)].to_vec(),
                 {
-                    // Sorted, and of two puts at one timestamp only the later.
                     let mut late: Vec<_> = self
                         .late
                         .iter()
                         .copied()
                         .filter(|&(t, _)| from <= t && t <= to)
                         .collect();
-                    late.sort_by_key(|&(t, _)| t);
-                    late.reverse();
-                    late.dedup_by_key(|&mut (t, _)| t);
-                    late.reverse();
+                    keep_latest(&mut late);
                     late
                 },
                 in_range(&self.head),
@@ -1182,13 +1187,27 @@ mod tests {
             let t = (lcg(&mut seed) % 20_000) as i64;
             put(&mut store, &format!("m{m}"), 0.5, t);
         }
-        let recount: usize = store.slots.iter().flatten().map(Series::bytes).sum();
-        assert_eq!(store.memory, recount);
+        assert_accounted(&store);
         store.expire_before(i64::MAX);
         assert_eq!((store.points(), store.metrics(), store.memory), (0, 0, 0));
     }
 
     /// `get *` as the server writes it.
+    /// What `get *` prints for a model of the store.
+    fn model_bytes(model: &BTreeMap<(String, i64), f64>) -> Vec<u8> {
+        let mut out = Vec::new();
+        for ((m, t), v) in model {
+            crate::protocol::write_point(&mut out, m, *v, *t);
+        }
+        out
+    }
+
+    /// The store's memory count is what its series hold.
+    fn assert_accounted(store: &Store) {
+        let recount: usize = store.slots.iter().flatten().map(Series::bytes).sum();
+        assert_eq!(store.memory, recount);
+    }
+
     fn get_star_bytes(store: &Store, range: RangeInclusive<i64>) -> Vec<u8> {
         let mut out = Vec::new();
         let mut cursor: Option<String> = None;
@@ -1258,16 +1277,19 @@ mod tests {
                     }
                 }
             }
-            let mut expected = Vec::new();
-            for ((m, t), v) in &model {
-                crate::protocol::write_point(&mut expected, m, *v, *t);
-            }
-            assert_eq!(get_star_bytes(&store, ALL), expected, "seed {seed}");
+            assert_eq!(
+                get_star_bytes(&store, ALL),
+                model_bytes(&model),
+                "seed {seed}"
+            );
             store.merge_late();
-            assert_eq!(get_star_bytes(&store, ALL), expected, "seed {seed}");
+            assert_eq!(
+                get_star_bytes(&store, ALL),
+                model_bytes(&model),
+                "seed {seed}"
+            );
             assert_eq!(store.points(), model.len());
-            let recount: usize = store.slots.iter().flatten().map(Series::bytes).sum();
-            assert_eq!(store.memory, recount);
+            assert_accounted(&store);
         }
     }
 
@@ -1303,25 +1325,24 @@ mod tests {
                     model.insert((metric, back), -1.0);
                 }
                 if step % 40_000 == 39_999 {
-                    let mut expected = Vec::new();
-                    for ((m, t), v) in &model {
-                        crate::protocol::write_point(&mut expected, m, *v, *t);
-                    }
-                    assert_eq!(get_star_bytes(&store, ALL), expected, "seed {seed}");
+                    assert_eq!(
+                        get_star_bytes(&store, ALL),
+                        model_bytes(&model),
+                        "seed {seed}"
+                    );
                 }
             }
             let cutoff = 50_000;
             store.expire_before(cutoff);
             model.retain(|&(_, t), _| t >= cutoff);
-            let mut expected = Vec::new();
-            for ((m, t), v) in &model {
-                crate::protocol::write_point(&mut expected, m, *v, *t);
-            }
-            assert_eq!(get_star_bytes(&store, ALL), expected, "seed {seed}");
+            assert_eq!(
+                get_star_bytes(&store, ALL),
+                model_bytes(&model),
+                "seed {seed}"
+            );
             store.merge_late();
             assert_eq!(store.points(), model.len());
-            let recount: usize = store.slots.iter().flatten().map(Series::bytes).sum();
-            assert_eq!(store.memory, recount);
+            assert_accounted(&store);
         }
     }
 
