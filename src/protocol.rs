@@ -517,14 +517,20 @@ fn fill_digits(mut n: u64, buf: &mut [u8; 20]) -> usize {
     len
 }
 
-/// Appends the digits of `n`. The whole buffer is copied and the rest cut off: a copy of
-/// constant size is a few moves, where one of the digits' length is a call to `memcpy`.
+/// Appends the digits of `n`.
 #[inline]
 fn push_digits(out: &mut Vec<u8>, n: u64) {
     let mut buf = [0u8; 20];
     let len = fill_digits(n, &mut buf);
+    push_first(out, &buf, len);
+}
+
+/// Appends the first `len` bytes of `buf`. The whole buffer is copied and the rest cut off: a
+/// copy of constant size is a few moves, where one of a varying length is a call to `memcpy`.
+#[inline]
+fn push_first<const N: usize>(out: &mut Vec<u8>, buf: &[u8; N], len: usize) {
     let start = out.len();
-    out.extend_from_slice(&buf);
+    out.extend_from_slice(buf);
     out.truncate(start + len);
 }
 
@@ -591,15 +597,13 @@ fn write_short_decimal(out: &mut Vec<u8>, value: f64) -> bool {
             out.push(b'-');
         }
         push_digits(out, n / unit);
-        // The fraction's digits with their leading zeros, copied as a whole as in push_digits.
+        // The point and the fraction's digits, with their leading zeros.
         let mut text = [b'.', b'0', b'0', b'0', b'0'];
         for place in (1..=places).rev() {
             text[place] = b'0' + (fraction % 10) as u8;
             fraction /= 10;
         }
-        let start = out.len();
-        out.extend_from_slice(&text);
-        out.truncate(start + 1 + places);
+        push_first(out, &text, 1 + places);
         return true;
     }
     false
@@ -942,8 +946,8 @@ mod tests {
         for (line, expected) in cases {
             assert_eq!(tokens(line).collect::<Vec<_>>(), *expected, "{line:?}");
         }
-        // Every split point, for separators at every offset within and across words, on both
-        // sides of the 64-byte line that the bit mask handles.
+        // Every split point, for separators at every offset within and across words, in lines
+        // shorter and longer than the 8-byte words the separator search reads.
         for len in 1..140 {
             for at in 0..len {
                 let mut line = vec![b'x'; len];
