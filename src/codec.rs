@@ -493,14 +493,8 @@ fn read_varint(bytes: &[u8]) -> (u64, usize) {
 
 /// Reads the LEB128 point count; returns it and the byte where the bit stream starts.
 fn read_count(bytes: &[u8]) -> (u32, usize) {
-    let mut count = 0u32;
-    for (i, &byte) in bytes.iter().enumerate().take(5) {
-        count |= u32::from(byte & 0x7f) << (7 * i);
-        if byte & 0x80 == 0 {
-            return (count, i + 1);
-        }
-    }
-    (count, bytes.len().min(5))
+    let (count, used) = read_varint(bytes);
+    (u32::try_from(count).unwrap_or(u32::MAX), used)
 }
 
 /// Where bits go: a [`BitWriter`], or a [`BitCount`] when the encoder only weighs a choice. One
