@@ -96,7 +96,8 @@ impl Block {
             .checked_add(count)
             .expect("a block holds at most u32::MAX points");
         let times = TimePlan::new(points);
-        let values = ValuePlan::best(points, &Survey::new(points));
+        let values = ValuePlan::constant(points)
+            .unwrap_or_else(|| ValuePlan::best(points, &Survey::new(points)));
         let mut bytes = Vec::with_capacity(
             self.bytes.len() + 20 + ((times.bits + values.bits) / 8) as usize + 8,
         );
@@ -111,10 +112,13 @@ impl Block {
         times.write_header(&mut out);
         values.write_header(&mut out);
         let mut value_writer = ValueWriter::new(&values);
+        let values_free = values.writes_nothing();
         if times.code == Code::single(0) {
             // Regular stamps: every delta-of-delta is 0 and costs no bits.
-            for (i, &(_, value)) in points.iter().enumerate() {
-                value_writer.put(&mut out, i, value);
+            if !values_free {
+                for (i, &(_, value)) in points.iter().enumerate() {
+                    value_writer.put(&mut out, i, value);
+                }
             }
         } else {
             let time_writer = times.code.writer();
@@ -125,7 +129,9 @@ impl Block {
                     time_writer.put(&mut out, zigzag(next.wrapping_sub(delta)));
                     (prev, delta) = (time, next);
                 }
-                value_writer.put(&mut out, i, value);
+                if !values_free {
+                    value_writer.put(&mut out, i, value);
+                }
             }
         }
         Block {
@@ -133,6 +139,45 @@ impl Block {
             first: if old > 0 { self.first } else { first },
             last,
         }
+    }
+
+    /// Splits the block before its first segment whose last point is not older than
+    /// `timestamp` (for sorted points: the first holding a point at or after it): the
+    /// segments before that one as a block, their bytes copied rather than coded again, and
+    /// the points from there on, decoded. A change to a block's newest points then codes again
+    /// only the segments that hold them.
+    pub fn split_segments(&self, timestamp: i64) -> (Block, Vec<(i64, f64)>) {
+        let mut iter = self.iter();
+        // Where the kept segments end: the byte, the points before it, the last of them.
+        let (_, mut end) = read_count(&self.bytes);
+        let (mut kept, mut last) = (0u32, self.first);
+        let mut points = Vec::new();
+        // A segment at a time: its first point (which starts it), then the rest of it.
+        while let Some(first) = iter.next() {
+            let start = points.len();
+            points.push(first);
+            let rest = iter.left as usize;
+            points.extend((&mut iter).take(rest));
+            if start == 0 && points[points.len() - 1].0 < timestamp {
+                kept += iter.count;
+                last = points[points.len() - 1].0;
+                end = iter.reader.pos.div_ceil(8);
+                points.clear();
+            }
+        }
+        let prefix = if kept == 0 {
+            Block::empty()
+        } else {
+            let mut bytes = Vec::with_capacity(end);
+            push_count(&mut bytes, kept);
+            bytes.extend_from_slice(&self.bytes[read_count(&self.bytes).1..end]);
+            Block {
+                bytes: Arc::from(bytes),
+                first: self.first,
+                last,
+            }
+        };
+        (prefix, points)
     }
 
     /// The number of points.
@@ -1245,7 +1290,46 @@ struct ValuePlan {
     bits: u64,
 }
 
+/// Fewest points for [`ValuePlan::constant`]: below it, escapes may cost less than the header.
+const CONSTANT_LEAST: usize = 64;
+
 impl ValuePlan {
+    /// The plan [`best`](ValuePlan::best) picks for one short decimal repeated (idle counters,
+    /// flags, set points: constant stretches are common), found without its survey and walks.
+    /// Every change and fix is 0, so the values cost their header only.
+    fn constant(points: &[(i64, f64)]) -> Option<ValuePlan> {
+        let &(_, value) = points.first()?;
+        let bits = value.to_bits();
+        if points.len() < CONSTANT_LEAST || points.iter().any(|&(_, v)| v.to_bits() != bits) {
+            return None;
+        }
+        let digits = Digits::of(value, 0);
+        if digits.d == NO_DIGITS || digits.fix != 0 || digits.m.unsigned_abs() > 1 << 53 {
+            return None;
+        }
+        let mut plan = ValuePlan {
+            exp: usize::from(digits.d),
+            dod: false,
+            raw: false,
+            start: digits.m,
+            start_delta: 0,
+            syms: Vec::new(),
+            mantissa_code: Code::single(0),
+            fix_code: Code::single(0),
+            bits: 0,
+        };
+        let mut header = BitCount::default();
+        plan.write_header(&mut header);
+        plan.bits = header.0;
+        Some(plan)
+    }
+
+    /// Whether every value is the first one again, which costs no bits past the header: a
+    /// code of one 0-bit symbol has no escape.
+    fn writes_nothing(&self) -> bool {
+        self.mantissa_code == Code::single(0) && self.fix_code == Code::single(0)
+    }
+
     /// The smallest plan among all-escape (Gorilla or raw bits) and the exponents the values
     /// suggest. Rough sizes pick the exponents worth building exactly.
     fn best(points: &[(i64, f64)], survey: &Survey) -> ValuePlan {
@@ -1498,11 +1582,16 @@ mod tests {
         // The same points appended in segments of varied sizes read back the same.
         for sizes in [&[1usize][..], &[2, 1, 5], &[3, 64, 7, 256]] {
             let (mut segmented, mut rest, mut i) = (Block::encode(&[]), points, 0);
+            let mut ends = Vec::new();
             while !rest.is_empty() {
                 let (now, later) = rest.split_at(sizes[i % sizes.len()].min(rest.len()));
                 segmented = segmented.append(now);
                 rest = later;
                 i += 1;
+                ends.push(points.len() - rest.len());
+            }
+            if sizes.len() == 4 {
+                check_splits(&segmented, points, &ends);
             }
             assert_eq!(segmented.len(), points.len());
             assert_eq!(
@@ -1514,6 +1603,48 @@ mod tests {
             assert_eq!(bits(&iter.collect::<Vec<_>>()), bits(points), "{sizes:?}");
         }
         block
+    }
+
+    /// Splits `block` (of `points`, in segments ending at `ends`) at several timestamps: the
+    /// prefix keeps exactly the leading segments whose last point is older, and the prefix's
+    /// points and the rest, or the prefix with the rest appended, are `points` again.
+    fn check_splits(block: &Block, points: &[(i64, f64)], ends: &[usize]) {
+        let bits = |p: &mut dyn Iterator<Item = (i64, f64)>| -> Vec<(i64, u64)> {
+            p.map(|(t, v)| (t, v.to_bits())).collect()
+        };
+        let mut stamps = vec![i64::MIN, i64::MAX];
+        stamps.extend(points.iter().step_by(points.len() / 3 + 1).map(|&(t, _)| t));
+        stamps.extend(points.get(70).map(|&(t, _)| t.saturating_add(1)));
+        for t in stamps {
+            let (prefix, rest) = block.split_segments(t);
+            let kept = ends
+                .iter()
+                .take_while(|&&end| points[end - 1].0 < t)
+                .last()
+                .copied()
+                .unwrap_or(0);
+            assert_eq!(
+                prefix.len(),
+                kept,
+                "split at {t}, segments ending at {ends:?}"
+            );
+            if kept > 0 {
+                assert_eq!(
+                    (prefix.first(), prefix.last()),
+                    (points[0].0, points[kept - 1].0)
+                );
+            }
+            // The kept segments are the block's own bytes, not coded again.
+            let segments = |b: &Block| b.bytes[read_count(&b.bytes).1..].to_vec();
+            assert!(
+                segments(block).starts_with(&segments(&prefix)),
+                "split at {t}"
+            );
+            let whole = bits(&mut prefix.iter().chain(rest.iter().copied()));
+            assert_eq!(whole, bits(&mut points.iter().copied()), "split at {t}");
+            let appended = prefix.append(&rest);
+            assert_eq!(bits(&mut appended.iter()), whole, "split at {t}, appended");
+        }
     }
 
     const SPECIAL: [f64; 14] = [
@@ -1575,6 +1706,54 @@ mod tests {
         out.sort_unstable();
         out.dedup();
         out
+    }
+
+    #[test]
+    fn a_repeated_decimal_takes_the_plan_the_full_search_would() {
+        let values = [
+            0.0,
+            1.0,
+            -7.5,
+            12.25,
+            0.001,
+            123_456.789,
+            1e22,
+            9e15,
+            4e-7,
+            -0.0,
+            0.3,
+        ];
+        for value in values.into_iter().chain(SPECIAL) {
+            for n in [CONSTANT_LEAST - 1, CONSTANT_LEAST, 100, 128, 1000] {
+                for step in [10, 3] {
+                    let points: Vec<(i64, f64)> = (0..n as i64)
+                        .map(|i| (1_700_000_000 + i * step + i * i % 7 * (step % 2), value))
+                        .collect();
+                    let best = ValuePlan::best(&points, &Survey::new(&points));
+                    let Some(quick) = ValuePlan::constant(&points) else {
+                        continue;
+                    };
+                    assert!(n >= CONSTANT_LEAST);
+                    let fields = |p: &ValuePlan| {
+                        let codes = (p.mantissa_code, p.fix_code);
+                        (p.exp, p.dod, p.raw, p.start, p.start_delta, codes, p.bits)
+                    };
+                    assert_eq!(fields(&quick), fields(&best), "{value} x {n}");
+                    assert!(quick.writes_nothing());
+                    round_trip(&points);
+                }
+            }
+            // Not constant: the search decides.
+            let mut points: Vec<(i64, f64)> = (0..100).map(|i| (i, value)).collect();
+            points[50].1 = 2.5;
+            assert!(ValuePlan::constant(&points).is_none());
+        }
+        // Values that are no short decimal, or only close to one, are left to the search.
+        for value in [0.1 + 0.2, 1.0 / 3.0, 5e-324, f64::MAX] {
+            let points: Vec<(i64, f64)> = (0..100).map(|i| (i, value)).collect();
+            assert!(ValuePlan::constant(&points).is_none(), "{value}");
+            round_trip(&points);
+        }
     }
 
     #[test]

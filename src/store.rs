@@ -511,6 +511,10 @@ struct Series {
     blocks: Vec<Sealed>,
     /// The newest points, sorted by timestamp.
     head: Vec<(i64, f64)>,
+    /// The newest timestamp of the head and blocks, when either holds a point: kept here, in
+    /// the struct a put reads anyway, since the head's last point is where another core last
+    /// wrote when connections share a series.
+    newest: i64,
     /// Points kept in the head after a seal (see [`SLACK_MOST`]), the seals since a point
     /// landed just behind the head, and the farthest from the head's end a point was put since
     /// the slack last changed.
@@ -533,6 +537,7 @@ impl Series {
             name,
             blocks: Vec::new(),
             head: Vec::new(),
+            newest: 0,
             slack: SLACK_LEAST as u16,
             quiet_seals: 0,
             reach: 0,
@@ -554,6 +559,16 @@ impl Series {
     /// The most points the head holds before its oldest are sealed.
     fn head_most(&self) -> usize {
         BLOCK_POINTS + usize::from(self.slack)
+    }
+
+    /// The newest timestamp of the head and blocks: late points are all older.
+    fn newest(&self) -> Option<i64> {
+        let newest = (!self.head.is_empty() || !self.blocks.is_empty()).then_some(self.newest);
+        debug_assert_eq!(
+            newest,
+            self.head.last().map(|&(t, _)| t).or(self.sealed_until())
+        );
+        newest
     }
 
     /// The newest sealed timestamp: points after it belong in the head.
@@ -593,7 +608,7 @@ impl Series {
     /// it; any other point waits in the late list (counted as new until a merge finds it
     /// replaced one), so a write never shifts the head or decodes a block.
     fn insert(&mut self, timestamp: i64, value: f64) {
-        let newest = self.head.last().map(|&(t, _)| t).or(self.sealed_until());
+        let newest = self.newest();
         match newest {
             Some(newest) if timestamp == newest && !self.head.is_empty() => {
                 // Late points are all older than the head's newest: none can override this.
@@ -750,13 +765,24 @@ impl Series {
 
     /// Merges sorted `points` into block `at`; returns how many replaced a point there.
     fn merge_into(&mut self, at: usize, points: &[(i64, f64)]) -> usize {
-        let mut merged = Vec::with_capacity(self.blocks[at].len() + points.len());
-        self.blocks[at].decode_into(&mut merged);
+        // Only the block's segments from the earliest late point on are decoded and coded
+        // again: writers that lag land in its newest ones.
+        let first = points.first().map_or(i64::MAX, |&(t, _)| t);
+        let (kept, mut merged) = self.blocks[at].split_segments(first);
+        merged.reserve(points.len());
         let replaced = merge_in_place(&mut merged, points);
-        // Even parts, so that one point past a full block does not make a block of its own.
-        let parts = merged.len().div_ceil(MERGED_POINTS).max(1);
-        let size = merged.len().div_ceil(parts).max(1);
-        let blocks = merged.chunks(size).map(Block::encode).collect();
+        let blocks = if kept.len() > 0 && kept.len() + merged.len() <= SEALED_MOST {
+            vec![kept.append(&merged)]
+        } else {
+            // A full block is coded again whole, in even parts, so that one point past it
+            // does not make a block of its own.
+            let mut all = Vec::with_capacity(kept.len() + merged.len());
+            kept.decode_into(&mut all);
+            all.append(&mut merged);
+            let parts = all.len().div_ceil(MERGED_POINTS).max(1);
+            let size = all.len().div_ceil(parts).max(1);
+            all.chunks(size).map(Block::encode).collect()
+        };
         self.replace_block(at, blocks);
         replaced
     }
@@ -781,6 +807,7 @@ impl Series {
             self.head.reserve_exact(grown - len);
         }
         self.head.push((timestamp, value));
+        self.newest = timestamp;
         if self.head.len() > self.head_most() {
             let sealing = self.head[0].0..=self.head[BLOCK_POINTS - 1].0;
             if self.late.iter().any(|(t, _)| sealing.contains(t)) {
@@ -1432,6 +1459,29 @@ mod tests {
             assert_eq!(merge_in_place(&mut points, &new), replaced);
             assert_eq!(points, model.into_iter().collect::<Vec<_>>());
         }
+    }
+
+    #[test]
+    fn a_late_point_in_a_blocks_newest_segment_codes_only_that_segment_again() {
+        // Twelve seals' worth in one block, then a point just behind the head: the block keeps
+        // its older segments and takes the merged newest one back, whole (a full decode and
+        // encode would split 1537 points in two).
+        let mut store = Store::new();
+        let mut model = BTreeMap::new();
+        let sealed = 12 * BLOCK_POINTS;
+        for t in 0..(sealed + BLOCK_POINTS + SLACK_LEAST) as i64 {
+            put(&mut store, "m", t as f64 / 4.0, t * 10);
+            model.insert(t * 10, t as f64 / 4.0);
+        }
+        let late = (sealed as i64 - 3) * 10 + 5;
+        put(&mut store, "m", -1.0, late);
+        model.insert(late, -1.0);
+        store.merge_late();
+        let one = store.slots[0].as_ref().unwrap();
+        let lens: Vec<usize> = one.blocks.iter().map(Block::len).collect();
+        assert_eq!(lens, [sealed + 1]);
+        assert_eq!(series(&store, "m"), model.into_iter().collect::<Vec<_>>());
+        assert_accounted(&store);
     }
 
     #[test]
