@@ -212,13 +212,10 @@ impl Db {
         let mut applied = Applied::default();
         let (mut puts, mut gets) = (0u64, 0u64);
         // Without a data file, forwarded points go to each upstream's queue in memory, as
-        // records: their sender threads format them.
+        // records: their sender threads format them. Puts the memory limit refused are not
+        // forwarded.
         let forward_in_memory = journal.is_none() && !self.upstreams.is_empty();
-        let mut forward = if forward_in_memory {
-            Vec::with_capacity(requests.len() * 48)
-        } else {
-            Vec::new()
-        };
+        let mut refused = Vec::new();
         // Hashed before the lock: the less each put does under it, the better several
         // connections share it.
         let hashes: Vec<u64> = requests
@@ -248,6 +245,7 @@ impl Db {
                         }
                         if let Err(MemoryFull) = store.put_hashed(metric, hash, value, timestamp) {
                             applied.memory_refused += 1;
+                            refused.push(applied.consumed - 1);
                             Reply::push_error(replies, MEMORY_LIMIT_REACHED);
                             continue;
                         }
@@ -255,8 +253,6 @@ impl Db {
                             appender
                                 .get_or_insert_with(|| journal.appender())
                                 .push(metric, value, timestamp);
-                        } else if forward_in_memory {
-                            forward::push_record(&mut forward, metric, value, timestamp);
                         }
                         puts += 1;
                         match replies.last_mut() {
@@ -285,9 +281,24 @@ impl Db {
             }
             // The journal's ordering rule: the lines are appended before the lock goes. The
             // same holds for the forward queues: upstreams see puts in the store's order.
-            if !forward.is_empty() {
+            if forward_in_memory && puts > 0 {
+                let applied_now = &requests[..applied.consumed];
                 for queue in self.upstreams.iter().filter_map(|u| u.queue()) {
-                    applied.forward_dropped += queue.push(&forward, puts);
+                    applied.forward_dropped += queue.push_with(puts, |out| {
+                        let mut refused = refused.iter().copied().peekable();
+                        for (i, request) in applied_now.iter().enumerate() {
+                            if let Ok(Request::Put {
+                                metric,
+                                value,
+                                timestamp,
+                            }) = *request
+                            {
+                                if refused.next_if_eq(&i).is_none() {
+                                    forward::push_record(out, metric, value, timestamp);
+                                }
+                            }
+                        }
+                    });
                 }
             }
             appender.map(|appender| appender.finish())

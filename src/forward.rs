@@ -334,9 +334,12 @@ const RECORD_HEAD: usize = 24;
 /// the value into text is left to the sender's thread, off the store lock and the thread that
 /// serves the client.
 pub(crate) fn push_record(out: &mut Vec<u8>, metric: &str, value: f64, timestamp: i64) {
-    out.extend_from_slice(&(metric.len() as u64).to_le_bytes());
-    out.extend_from_slice(&value.to_bits().to_le_bytes());
-    out.extend_from_slice(&timestamp.to_le_bytes());
+    let mut head = [0; RECORD_HEAD];
+    head[..8].copy_from_slice(&(metric.len() as u64).to_le_bytes());
+    head[8..16].copy_from_slice(&value.to_bits().to_le_bytes());
+    head[16..].copy_from_slice(&timestamp.to_le_bytes());
+    out.reserve(RECORD_HEAD + metric.len());
+    out.extend_from_slice(&head);
     out.extend_from_slice(metric.as_bytes());
 }
 
@@ -455,32 +458,36 @@ impl MemoryQueue {
         }
     }
 
-    /// Adds `points` points, as records ([`push_record`]). Never waits for the sender. Returns
-    /// how many points were dropped to stay within the bound: the oldest waiting ones, point by
-    /// point, so the newest `bound` are kept whatever the batches' sizes.
-    pub fn push(&self, records: &[u8], points: u64) -> u64 {
-        let mut state = lock(&self.state);
+    /// Adds `points` points, as records that `write` appends ([`push_record`]) straight to
+    /// the queue's last batch: no copy of them is made on the way. Never waits for the sender.
+    /// Returns how many points were dropped to stay within the bound: the oldest waiting ones,
+    /// point by point, so the newest `bound` are kept whatever the batches' sizes.
+    pub fn push_with(&self, points: u64, write: impl FnOnce(&mut Vec<u8>)) -> u64 {
+        let mut guard = lock(&self.state);
+        let state = &mut *guard;
         let start = state.end;
-        state.end += records.len() as u64;
-        state.unsent_points += points;
-        state.waiting_points += points;
-        match state.batches.back_mut() {
-            Some(last)
-                if last.end() == start && last.records.len() + records.len() <= BATCH_BYTES =>
-            {
-                last.records.extend_from_slice(records);
+        let written = match state.batches.back_mut() {
+            Some(last) if last.end() == start && last.records.len() < BATCH_BYTES => {
+                let before = last.records.len();
+                write(&mut last.records);
                 last.points += points;
+                last.records.len() - before
             }
             _ => {
                 let mut buffer = state.spare.pop().unwrap_or_default();
-                buffer.extend_from_slice(records);
+                write(&mut buffer);
+                let written = buffer.len();
                 state.batches.push_back(Batch {
                     start,
                     records: buffer,
                     points,
                 });
+                written
             }
-        }
+        };
+        state.end += written as u64;
+        state.unsent_points += points;
+        state.waiting_points += points;
         let mut dropped = 0;
         while state.waiting_points > self.bound {
             let excess = state.waiting_points - self.bound;
@@ -511,11 +518,17 @@ impl MemoryQueue {
         if wake {
             state.wake_at = u64::MAX;
         }
-        drop(state);
+        drop(guard);
         if wake {
             self.grew.notify_one();
         }
         dropped
+    }
+
+    /// [`push_with`](MemoryQueue::push_with) of records made already.
+    #[cfg(test)]
+    fn push(&self, records: &[u8], points: u64) -> u64 {
+        self.push_with(points, |out| out.extend_from_slice(records))
     }
 
     /// Moves whole batches from the front (at least one, then up to `most` bytes) to `out`.

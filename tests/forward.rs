@@ -11,7 +11,7 @@ mod common;
 
 use common::{read_reply, TempDir, TestServer, PATIENCE};
 use std::collections::{BTreeSet, HashMap};
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -961,6 +961,62 @@ fn without_a_data_file_a_full_queue_drops_the_oldest_points_and_counts_them() {
     lines.dedup();
     assert_eq!(lines.len(), 100);
     assert_eq!(parse_lines(&lines), as_set(&sent[150..]));
+}
+
+#[test]
+fn puts_the_memory_limit_refuses_are_not_forwarded() {
+    let upstream = FakeUpstream::start(vec![Script::Read]);
+    let server = forwarding_to(upstream.addr, &["--max-memory", "300K"]);
+    // New metrics until the limit refuses them, each followed by an overwrite of the first
+    // one's point, which is always taken: accepted and refused puts interleave in one batch.
+    let mut tried = Vec::new();
+    for i in 0..5000 {
+        tried.push((format!("full.m{i}"), BASE_TS, 1.0));
+        tried.push(("full.m0".to_string(), BASE_TS, i as f64 / 4.0));
+    }
+    let mut body = Vec::new();
+    for (metric, ts, value) in &tried {
+        writeln!(body, "put {metric} {value} {ts}").unwrap();
+    }
+    let stream = server.connect();
+    let mut writer = stream.try_clone().unwrap();
+    let sender = thread::spawn(move || writer.write_all(&body));
+    let mut replies = io::BufReader::new(&stream);
+    let mut accepted = Vec::new();
+    for point in &tried {
+        let mut reply = String::new();
+        while !reply.ends_with("\n\n") {
+            replies.read_line(&mut reply).expect("read a reply");
+        }
+        match reply.as_str() {
+            "ok\n\n" => accepted.push(point.clone()),
+            "error\nmemory limit reached\n\n" => {}
+            other => panic!("unexpected reply {other:?}"),
+        }
+    }
+    sender.join().unwrap().expect("write the puts");
+    let new_metrics = accepted
+        .iter()
+        .filter(|(m, _, v)| m != "full.m0" || *v == 1.0);
+    let new_metrics = new_metrics.count();
+    assert!(
+        new_metrics > 100 && new_metrics < 5000,
+        "{new_metrics} new metrics taken: the limit should refuse some"
+    );
+    upstream.wait_for(&as_set(&accepted));
+    let rows = wait_for_stats(&server, |s| s["metrics.forward_pending"] == 0.0);
+    assert_eq!(rows["metrics.forward_sent_total"], accepted.len() as f64);
+    // Exactly what was acknowledged, in the order it was.
+    let lines = upstream.lines();
+    let want: Vec<String> = accepted
+        .iter()
+        .map(|(m, t, v)| {
+            let mut line = Vec::new();
+            metrics::protocol::write_point(&mut line, m, *v, *t);
+            String::from_utf8(line).unwrap().trim_end().to_string()
+        })
+        .collect();
+    assert_eq!(lines, want);
 }
 
 /// Polls what an upstream holds, every `poll`, until it holds every expected point; fails
