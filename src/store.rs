@@ -511,10 +511,12 @@ struct Series {
     blocks: Vec<Sealed>,
     /// The newest points, sorted by timestamp.
     head: Vec<(i64, f64)>,
-    /// The newest timestamp of the head and blocks, when either holds a point: kept here, in
-    /// the struct a put reads anyway, since the head's last point is where another core last
-    /// wrote when connections share a series.
+    /// The newest timestamp of the head and blocks, when either holds a point, and the head's
+    /// oldest, when it holds one: kept here, in the struct a put reads anyway, rather than
+    /// read from the head, whose ends another core last wrote when connections share a series
+    /// (and whose first line has long left the cache when many series are busy).
     newest: i64,
+    head_first: i64,
     /// Points kept in the head after a seal (see [`SLACK_MOST`]), the seals since a point
     /// landed just behind the head, and the farthest from the head's end a point was put since
     /// the slack last changed.
@@ -538,6 +540,7 @@ impl Series {
             blocks: Vec::new(),
             head: Vec::new(),
             newest: 0,
+            head_first: 0,
             slack: SLACK_LEAST as u16,
             quiet_seals: 0,
             reach: 0,
@@ -569,6 +572,20 @@ impl Series {
             self.head.last().map(|&(t, _)| t).or(self.sealed_until())
         );
         newest
+    }
+
+    /// The head's oldest timestamp.
+    fn head_first(&self) -> Option<i64> {
+        let first = (!self.head.is_empty()).then_some(self.head_first);
+        debug_assert_eq!(first, self.head.first().map(|&(t, _)| t));
+        first
+    }
+
+    /// Notes the head's oldest timestamp after a change that may have moved it.
+    fn head_changed(&mut self) {
+        if let Some(&(first, _)) = self.head.first() {
+            self.head_first = first;
+        }
     }
 
     /// The newest sealed timestamp: points after it belong in the head.
@@ -617,7 +634,7 @@ impl Series {
                 }
             }
             Some(newest) if timestamp < newest || (timestamp == newest && self.head.is_empty()) => {
-                if let Some(&(first, _)) = self.head.first().filter(|&&(f, _)| f <= timestamp) {
+                if let Some(first) = self.head_first().filter(|&first| first <= timestamp) {
                     // In the head: note how far back it reached (the slack must cover that).
                     // With no late point waiting (none could override it), a value there is
                     // replaced in place; otherwise the reach is estimated from the head's span
@@ -692,6 +709,7 @@ impl Series {
             points.reserve(room.saturating_sub(points.len()).max(self.head.len()));
             points.extend_from_slice(&self.head);
             self.head = points;
+            self.head_changed();
         }
     }
 
@@ -754,6 +772,7 @@ impl Series {
             let needed = self.head.len() + recent.len();
             self.head.reserve_exact(room.max(needed) - self.head.len());
             replaced += merge_in_place(&mut self.head, recent);
+            self.head_changed();
         }
         self.len -= replaced;
         // What the budget left waits for the next merge; `late` is empty here (taken above).
@@ -808,6 +827,9 @@ impl Series {
         }
         self.head.push((timestamp, value));
         self.newest = timestamp;
+        if self.head.len() == 1 {
+            self.head_first = timestamp;
+        }
         if self.head.len() > self.head_most() {
             let sealing = self.head[0].0..=self.head[BLOCK_POINTS - 1].0;
             if self.late.iter().any(|(t, _)| sealing.contains(t)) {
@@ -838,6 +860,7 @@ impl Series {
             }
         }
         self.head.drain(..BLOCK_POINTS);
+        self.head_changed();
         self.quiet_seals = self.quiet_seals.saturating_add(1);
         if self.quiet_seals >= SLACK_QUIET_SEALS {
             // Halves only if points reached back a quarter of that at most lately: lags
@@ -891,6 +914,7 @@ impl Series {
         }
         let head_gone = self.head.partition_point(|&(t, _)| t < cutoff);
         self.head.drain(..head_gone);
+        self.head_changed();
         removed += head_gone;
         if self.head.is_empty() {
             self.head = Vec::new();
