@@ -1324,8 +1324,8 @@ impl ValuePlan {
         Some(plan)
     }
 
-    /// Whether every value is the first one again, which costs no bits past the header: a
-    /// code of one 0-bit symbol has no escape.
+    /// Whether the values cost no bits past the header: every mantissa change (from the
+    /// plan's predictor) and every fix is 0, since a code of one 0-bit symbol has no escape.
     fn writes_nothing(&self) -> bool {
         self.mantissa_code == Code::single(0) && self.fix_code == Code::single(0)
     }
@@ -1605,6 +1605,16 @@ mod tests {
         block
     }
 
+    /// The points a split at `t` keeps, of `points` in segments ending at `ends`: the leading
+    /// segments whose last point is older than `t`.
+    fn kept_before(points: &[(i64, f64)], ends: &[usize], t: i64) -> usize {
+        ends.iter()
+            .take_while(|&&end| points[end - 1].0 < t)
+            .last()
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// Splits `block` (of `points`, in segments ending at `ends`) at several timestamps: the
     /// prefix keeps exactly the leading segments whose last point is older, and the prefix's
     /// points and the rest, or the prefix with the rest appended, are `points` again.
@@ -1617,12 +1627,7 @@ mod tests {
         stamps.extend(points.get(70).map(|&(t, _)| t.saturating_add(1)));
         for t in stamps {
             let (prefix, rest) = block.split_segments(t);
-            let kept = ends
-                .iter()
-                .take_while(|&&end| points[end - 1].0 < t)
-                .last()
-                .copied()
-                .unwrap_or(0);
+            let kept = kept_before(points, ends, t);
             assert_eq!(
                 prefix.len(),
                 kept,
@@ -1706,6 +1711,209 @@ mod tests {
         out.sort_unstable();
         out.dedup();
         out
+    }
+
+    /// `split_segments` against a model on random blocks made of random appends: segments of
+    /// 1, 63, 64 and random sizes, constant runs, every value class, sorted, duplicate and
+    /// descending stamps and both ends of `i64`; split at every segment's ends, one either
+    /// side of them, and the extremes.
+    #[test]
+    fn split_segments_matches_a_model_on_random_blocks() {
+        let mut rng = Rng(0x5eed_1234_abcd_ef01);
+        let bits = |p: &mut dyn Iterator<Item = (i64, f64)>| -> Vec<(i64, u64)> {
+            p.map(|(t, v)| (t, v.to_bits())).collect()
+        };
+        for round in 0..400 {
+            let segments = 1 + rng.below(10) as usize;
+            let mut sizes = Vec::new();
+            for _ in 0..segments {
+                sizes.push(match rng.below(6) {
+                    0 => 1,
+                    1 => 63,
+                    2 => 64,
+                    3 => 2,
+                    _ => 1 + rng.below(300) as usize,
+                });
+            }
+            let n: usize = sizes.iter().sum();
+            let pattern = rng.below(8);
+            let mut times = if round % 5 == 4 {
+                // Unsorted: any order, duplicates, extremes.
+                (0..n)
+                    .map(|_| match rng.below(5) {
+                        0 => i64::MIN,
+                        1 => i64::MAX,
+                        2 => rng.below(20) as i64,
+                        _ => rng.next() as i64,
+                    })
+                    .collect()
+            } else {
+                let mut s = stamps(&mut rng, pattern, n);
+                while s.len() < n {
+                    // Saturated at i64::MAX: pad from below.
+                    let low = s.first().copied().unwrap_or(0).wrapping_sub(1);
+                    s.insert(0, low);
+                }
+                s
+            };
+            if round % 7 == 6 {
+                times.reverse();
+            }
+            let class = rng.below(13);
+            let mut prev = 0.0;
+            let mut points = Vec::with_capacity(n);
+            for (i, &t) in times.iter().enumerate() {
+                // Runs of one value (constant segments) now and then.
+                let v = if class == 12 || (i > 0 && rng.below(4) == 0) {
+                    if i == 0 {
+                        let c = rng.below(12);
+                        value(&mut rng, c, 0.0)
+                    } else {
+                        prev
+                    }
+                } else {
+                    value(&mut rng, class.min(11), prev)
+                };
+                prev = v;
+                points.push((t, v));
+            }
+            let mut block = Block::encode(&[]);
+            let mut ends = Vec::new();
+            let mut at = 0;
+            for &size in &sizes {
+                block = block.append(&points[at..at + size]);
+                at += size;
+                ends.push(at);
+            }
+            assert_eq!(bits(&mut block.iter()), bits(&mut points.iter().copied()));
+            let mut cuts = vec![i64::MIN, i64::MAX, 0, rng.next() as i64];
+            for &end in &ends {
+                for t in [
+                    points[end - 1].0,
+                    points[end.min(n - 1)].0,
+                    points[end - 1 - (end - 1).min(1)].0,
+                ] {
+                    cuts.extend([t, t.wrapping_add(1), t.wrapping_sub(1)]);
+                }
+            }
+            for t in cuts {
+                let (prefix, rest) = block.split_segments(t);
+                let kept = kept_before(&points, &ends, t);
+                assert_eq!(
+                    prefix.len(),
+                    kept,
+                    "round {round} split at {t}, ends {ends:?}"
+                );
+                assert_eq!(rest.len(), n - kept, "round {round} split at {t}");
+                if kept > 0 {
+                    assert_eq!(
+                        (prefix.first(), prefix.last()),
+                        (points[0].0, points[kept - 1].0)
+                    );
+                    // Its bytes are the block's own, its count rewritten.
+                    let seg = |b: &Block| b.bytes[read_count(&b.bytes).1..].to_vec();
+                    assert!(seg(&block).starts_with(&seg(&prefix)));
+                    assert_eq!(prefix.heap_bytes(), {
+                        let mut c = Vec::new();
+                        push_count(&mut c, kept as u32);
+                        c.len() + seg(&prefix).len() + 2 * size_of::<usize>()
+                    });
+                } else {
+                    assert!(prefix.bytes.is_empty());
+                }
+                assert_eq!(
+                    bits(&mut prefix.iter()),
+                    bits(&mut points[..kept].iter().copied())
+                );
+                assert_eq!(
+                    bits(&mut rest.iter().copied()),
+                    bits(&mut points[kept..].iter().copied())
+                );
+                // Appending back (whole, or in two) gives the points again; so does splitting the
+                // result once more.
+                let again = prefix.append(&rest);
+                assert_eq!(bits(&mut again.iter()), bits(&mut points.iter().copied()));
+                assert_eq!((again.len(), again.last()), (n, points[n - 1].0));
+                let half = rest.len() / 2;
+                let twice = prefix.append(&rest[..half]).append(&rest[half..]);
+                assert_eq!(bits(&mut twice.iter()), bits(&mut points.iter().copied()));
+                let (p2, r2) = again.split_segments(t);
+                let mut all: Vec<(i64, f64)> = p2.iter().collect();
+                all.extend(r2);
+                assert_eq!(
+                    bits(&mut all.into_iter()),
+                    bits(&mut points.iter().copied())
+                );
+            }
+        }
+        // An empty block splits into nothing.
+        let (prefix, rest) = Block::encode(&[]).split_segments(0);
+        assert_eq!((prefix.len(), rest.len()), (0, 0));
+    }
+
+    /// The constant plan, where it applies, is the full search's plan, on random short
+    /// decimals of every exponent and mantissas up to and past 2^53; and such blocks round-trip
+    /// alone and appended after other segments.
+    #[test]
+    fn constant_plan_agrees_with_the_search_on_random_decimals() {
+        let mut rng = Rng(0xc0ff_ee00_1234_5678);
+        let mut checked = 0;
+        for round in 0..3000 {
+            let value = match round % 6 {
+                0 => (rng.next() as i64 >> rng.below(64)) as f64 / 10f64.powi(rng.below(23) as i32),
+                1 => {
+                    let m = (1i64 << 53) - rng.below(4) as i64 + 2;
+                    let m = if rng.below(2) == 0 { m } else { -m };
+                    m as f64 / 10f64.powi(rng.below(23) as i32)
+                }
+                2 => f64::from_bits(rng.next()),
+                3 => {
+                    let c = rng.below(12);
+                    value(&mut rng, c, 1.5)
+                }
+                4 => -(rng.below(1000) as f64) / 10f64.powi(rng.below(10) as i32),
+                _ => (rng.below(1 << 20) as f64) * 10f64.powi(rng.below(30) as i32),
+            };
+            if value.is_nan() {
+                continue;
+            }
+            for n in [CONSTANT_LEAST - 1, CONSTANT_LEAST, CONSTANT_LEAST + 1, 300] {
+                let regular = rng.below(2) == 0;
+                let points: Vec<(i64, f64)> = (0..n as i64)
+                    .map(|i| {
+                        (
+                            if regular {
+                                i * 15
+                            } else {
+                                i * 15 + (i * i) % 5
+                            },
+                            value,
+                        )
+                    })
+                    .collect();
+                let quick = ValuePlan::constant(&points);
+                if let Some(quick) = &quick {
+                    let best = ValuePlan::best(&points, &Survey::new(&points));
+                    let fields = |p: &ValuePlan| {
+                        let codes = (p.mantissa_code, p.fix_code);
+                        (p.exp, p.dod, p.raw, p.start, p.start_delta, codes, p.bits)
+                    };
+                    assert_eq!(
+                        fields(quick),
+                        fields(&best),
+                        "{value:e} ({:x}) x {n}",
+                        value.to_bits()
+                    );
+                    checked += 1;
+                }
+                let block = Block::encode(&points[..1]).append(&points[1..]);
+                let got: Vec<(i64, u64)> = block.iter().map(|(t, v)| (t, v.to_bits())).collect();
+                let want: Vec<(i64, u64)> = points.iter().map(|&(t, v)| (t, v.to_bits())).collect();
+                assert_eq!(got, want, "{value:e}");
+                round_trip(&points);
+            }
+        }
+        assert!(checked > 1000, "{checked}");
     }
 
     #[test]

@@ -1118,6 +1118,185 @@ mod tests {
         assert!(next == R || next >= MIN_WRITE, "{next}");
     }
 
+    /// Random pushes (some past BATCH_BYTES, some past the bound, some onto a nearly full
+    /// batch) and takes against a model of the newest `bound` waiting points: the lines, the
+    /// drop counts, the pending counts and the positions all agree.
+    #[test]
+    fn push_with_matches_a_model_of_the_newest_waiting_points() {
+        let mut seed = 0x1234_5678_9abc_def1u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for bound in [0u64, 1, 3, 100, 5000, 40_000] {
+            let queue = MemoryQueue::new(bound);
+            let mut waiting: std::collections::VecDeque<u64> = Default::default();
+            let (mut id, mut end, mut dropped_total, mut unsent) = (0u64, 0u64, 0u64, 0u64);
+            for _ in 0..300 {
+                let roll = next();
+                if roll % 5 == 0 {
+                    let mut batches = Vec::new();
+                    let (pos, points) = queue.take(usize::MAX, Duration::ZERO, &mut batches);
+                    let mut out = Vec::new();
+                    let mut ts = TimestampText::default();
+                    for records in &batches {
+                        write_lines(records, &mut ts, &mut out);
+                    }
+                    queue.recycle(&mut batches);
+                    let want: String = waiting
+                        .drain(..)
+                        .map(|i| format!("m{} {}.0 {}\n", i % 7, i, i))
+                        .collect();
+                    assert_eq!(String::from_utf8(out).unwrap(), want, "bound {bound}");
+                    assert_eq!(points as usize, want.lines().count());
+                    assert_eq!(pos, end, "bound {bound}: the sender is at the end");
+                    queue.sent(points);
+                    unsent -= points;
+                    continue;
+                }
+                // Sizes from 1 point to a batch several times BATCH_BYTES.
+                let n = match roll % 4 {
+                    0 => 1,
+                    1 => 1 + (roll >> 8) % 50,
+                    2 => 1 + (roll >> 8) % 3000,
+                    _ => BATCH_BYTES as u64 / 26 + (roll >> 8) % 30_000,
+                };
+                let mut bytes = 0;
+                let dropped = queue.push_with(n, |out| {
+                    let before = out.len();
+                    for i in id..id + n {
+                        push_record(out, &format!("m{}", i % 7), i as f64, i as i64);
+                    }
+                    bytes = out.len() - before;
+                });
+                end += bytes as u64;
+                waiting.extend(id..id + n);
+                id += n;
+                unsent += n;
+                let mut want_dropped = 0;
+                while waiting.len() as u64 > bound {
+                    waiting.pop_front();
+                    want_dropped += 1;
+                }
+                assert_eq!(dropped, want_dropped, "bound {bound}");
+                dropped_total += dropped;
+                unsent -= dropped;
+                let state = lock(&queue.state);
+                assert_eq!(state.end, end);
+                assert_eq!(state.dropped, dropped_total);
+                assert_eq!(state.waiting_points, waiting.len() as u64);
+                assert_eq!(state.unsent_points, unsent);
+                assert_eq!(
+                    state.batches.iter().map(|b| b.points).sum::<u64>(),
+                    waiting.len() as u64
+                );
+                // Batches are contiguous from the first waiting point to the end.
+                for pair in state.batches.iter().collect::<Vec<_>>().windows(2) {
+                    assert_eq!(pair[0].end(), pair[1].start);
+                }
+                if let Some(last) = state.batches.back() {
+                    assert_eq!(last.end(), end);
+                }
+            }
+        }
+    }
+
+    /// A Db forwarding in memory to two upstreams, with a memory limit: batches mixing new
+    /// metrics (refused once full), overwrites (always taken), bad lines and gets. Each queue
+    /// holds exactly the puts acknowledged, in order; a batch larger than the bound keeps its
+    /// newest; the counts agree.
+    #[test]
+    fn db_forwards_exactly_the_acknowledged_puts_to_every_upstream() {
+        use crate::db::{Db, Reply, Settings};
+        use crate::protocol::Request;
+        for (bound, limit) in [(1u64 << 20, 40_000usize), (7, 40_000), (1 << 20, 1)] {
+            let forward = ["127.0.0.1:1".to_string(), "127.0.0.1:2".to_string()];
+            let db = Db::open(Settings {
+                data: None,
+                fsync: crate::journal::Fsync::No,
+                retention: None,
+                max_memory: Some(limit),
+                self_metrics: None,
+                forward: &forward,
+                forward_buffer: bound,
+            })
+            .unwrap();
+            let mut lines = Vec::new();
+            for i in 0..3000 {
+                lines.push(format!("put new.m{i} {i} 100"));
+                if i % 3 == 0 {
+                    lines.push(format!("put new.m0 {} {}", i as f64 / 4.0, 100));
+                }
+                if i % 17 == 0 {
+                    lines.push("nonsense".to_string());
+                    lines.push("get new.m1".to_string());
+                }
+            }
+            let (mut accepted, mut refused, mut dropped) = (Vec::new(), 0, 0);
+            for chunk in lines.chunks(333) {
+                let requests: Vec<_> = chunk
+                    .iter()
+                    .map(|line| Request::parse(line.as_bytes()).map(Option::unwrap))
+                    .collect();
+                let mut replies = Vec::new();
+                let applied = db.apply(&requests, &mut replies);
+                assert_eq!(applied.consumed, requests.len());
+                refused += applied.memory_refused;
+                dropped += applied.forward_dropped;
+                // One outcome per request, from the runs.
+                let mut at = 0;
+                for reply in &replies {
+                    match reply {
+                        Reply::Ok(n) => {
+                            for line in &chunk[at..at + n] {
+                                let mut words = line.split(' ').skip(1);
+                                let (m, v, t) = (
+                                    words.next().unwrap(),
+                                    words.next().unwrap(),
+                                    words.next().unwrap(),
+                                );
+                                let mut want = Vec::new();
+                                protocol::write_point(
+                                    &mut want,
+                                    m,
+                                    v.parse().unwrap(),
+                                    t.parse().unwrap(),
+                                );
+                                accepted.push(String::from_utf8(want).unwrap());
+                            }
+                            at += n;
+                        }
+                        Reply::Error(_, n) => at += n,
+                        Reply::Series(_) => at += 1,
+                        _ => panic!("unexpected reply"),
+                    }
+                }
+                assert_eq!(at, chunk.len());
+            }
+            if limit == 1 {
+                // The empty store takes one metric; then only its overwrites.
+                assert!(
+                    accepted.iter().all(|line| line.starts_with("new.m0 ")),
+                    "{accepted:?}"
+                );
+                assert_eq!(accepted.len(), 1001);
+            } else {
+                assert!(refused > 0 && accepted.len() > 100, "{refused} refused");
+            }
+            let keep = (accepted.len() as u64).min(bound) as usize;
+            let want: String = accepted[accepted.len() - keep..].concat();
+            for upstream in db.upstreams() {
+                let queue = upstream.queue().unwrap();
+                let (_, got) = take(queue);
+                assert_eq!(got, want, "bound {bound}");
+                assert_eq!(lock(&queue.state).dropped, (accepted.len() - keep) as u64);
+            }
+            assert_eq!(dropped, 2 * (accepted.len() - keep) as u64);
+        }
+    }
+
     fn test_dir(name: &str) -> PathBuf {
         let dir =
             std::env::temp_dir().join(format!("metrics-forward-{}-{name}", std::process::id()));

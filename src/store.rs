@@ -1254,6 +1254,16 @@ mod tests {
     }
 
     /// The store's memory count is what its series hold.
+    /// `get *` reads as `model` does, before and after the late lists are merged; points and
+    /// memory are counted exactly.
+    fn assert_like_model(store: &mut Store, model: &BTreeMap<(String, i64), f64>, what: &str) {
+        assert_eq!(get_star_bytes(store, ALL), model_bytes(model), "{what}");
+        store.merge_late();
+        assert_eq!(get_star_bytes(store, ALL), model_bytes(model), "{what}");
+        assert_eq!(store.points(), model.len());
+        assert_accounted(store);
+    }
+
     fn assert_accounted(store: &Store) {
         let recount: usize = store.slots.iter().flatten().map(Series::bytes).sum();
         assert_eq!(store.memory, recount);
@@ -1328,19 +1338,7 @@ mod tests {
                     }
                 }
             }
-            assert_eq!(
-                get_star_bytes(&store, ALL),
-                model_bytes(&model),
-                "seed {seed}"
-            );
-            store.merge_late();
-            assert_eq!(
-                get_star_bytes(&store, ALL),
-                model_bytes(&model),
-                "seed {seed}"
-            );
-            assert_eq!(store.points(), model.len());
-            assert_accounted(&store);
+            assert_like_model(&mut store, &model, &format!("seed {seed}"));
         }
     }
 
@@ -1559,5 +1557,233 @@ mod tests {
         // A merged block split in even parts: no block of a point or two.
         let one = store.slots[0].as_ref().unwrap();
         assert!(one.blocks.iter().all(|b| b.len() >= MERGED_POINTS / 2));
+    }
+
+    /// Every series' blocks are sorted, within their bounds, older than the head and counted
+    /// in `block_bytes`; the head is sorted; `len` counts the points (late lists merged).
+    fn check_structure(store: &Store) {
+        for series in store.slots.iter().flatten() {
+            assert!(series.late.is_empty());
+            let mut prev: Option<i64> = None;
+            let mut total = 0;
+            let mut bytes = 0;
+            for block in &series.blocks {
+                assert!(
+                    block.len() > 0 && block.len() <= SEALED_MOST,
+                    "{}",
+                    block.len()
+                );
+                let points: Vec<(i64, f64)> = block.iter().collect();
+                assert_eq!(points.len(), block.len());
+                assert_eq!(
+                    (points[0].0, points[points.len() - 1].0),
+                    (block.first(), block.last())
+                );
+                for &(t, _) in &points {
+                    assert!(prev.is_none_or(|p| p < t), "{prev:?} then {t}");
+                    prev = Some(t);
+                }
+                total += block.len();
+                bytes += block.heap_bytes() + BLOCK_BYTES;
+            }
+            for &(t, _) in &series.head {
+                assert!(prev.is_none_or(|p| p < t), "{prev:?} then {t} in the head");
+                prev = Some(t);
+            }
+            total += series.head.len();
+            assert_eq!(series.len, total);
+            assert_eq!(series.block_bytes, bytes);
+            // The cached ends (their debug assertions check them too).
+            assert_eq!(series.newest(), prev);
+            assert_eq!(series.head_first(), series.head.first().map(|&(t, _)| t));
+        }
+    }
+
+    /// Random puts over many series: appends, late points aimed at blocks' segment ends (every
+    /// 128th point), just past a block, in the gap between blocks, before the first block,
+    /// overwrites of sealed and head points, retention and budgeted merges, against a map.
+    /// Debug builds check the cached newest and head-first stamps on every put.
+    #[test]
+    fn late_points_at_segment_ends_gaps_and_edges_match_a_map() {
+        let values = [
+            0.0,
+            -0.0,
+            1.5,
+            5e-324,
+            9007199254740992.0,
+            1e300,
+            0.1 + 0.2,
+            7.0,
+        ];
+        for seed in 1..=5u64 {
+            let mut rng = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+            let mut store = Store::new();
+            let mut model: BTreeMap<(String, i64), f64> = BTreeMap::new();
+            let mut clock = [0i64; 6];
+            for step in 0..150_000u64 {
+                let roll = lcg(&mut rng) >> 20;
+                let k = (roll % 6) as usize;
+                let metric = format!("s{k}");
+                let v = if roll.is_multiple_of(5) {
+                    values[(roll >> 4) as usize % values.len()]
+                } else {
+                    (step % 1000) as f64 / 8.0
+                };
+                let pick = (lcg(&mut rng) >> 33) % 100;
+                let t = match pick {
+                    0..=69 => {
+                        // Appends with stamps far apart, so that gaps are wide.
+                        clock[k] += 10 + if roll.is_multiple_of(97) { 100_000 } else { 0 };
+                        clock[k]
+                    }
+                    _ => {
+                        let slot = store.slot_of(&metric, store.hash(&metric));
+                        let Some(series) = slot.and_then(|s| store.slots[s as usize].as_ref())
+                        else {
+                            continue;
+                        };
+                        if series.blocks.is_empty() {
+                            continue;
+                        }
+                        let b = (lcg(&mut rng) >> 33) as usize % series.blocks.len();
+                        let block = &series.blocks[b];
+                        let pts: Vec<(i64, f64)> = block.iter().collect();
+                        let seg = (lcg(&mut rng) >> 33) as usize % pts.len().div_ceil(BLOCK_POINTS);
+                        let edge = (seg * BLOCK_POINTS).min(pts.len() - 1);
+                        let prev_edge = edge.saturating_sub(1);
+                        match pick {
+                            70..=74 => pts[edge].0,
+                            75..=79 => pts[prev_edge].0,
+                            80..=83 => pts[edge].0 - 1,
+                            84..=86 => pts[prev_edge].0 + 1,
+                            87..=89 => block.last() + 1 + (lcg(&mut rng) % 50) as i64,
+                            90..=92 => block.first() - 1 - (lcg(&mut rng) % 50) as i64,
+                            93..=94 => series.blocks[0].first() - 1,
+                            95 => {
+                                store.merge_late_some(2);
+                                continue;
+                            }
+                            96 => {
+                                store.merge_late();
+                                assert_accounted(&store);
+                                continue;
+                            }
+                            _ if !roll.is_multiple_of(16) => continue,
+                            _ => {
+                                let cutoff =
+                                    series.blocks[0].first() + (lcg(&mut rng) % 300) as i64;
+                                store.expire_before(cutoff);
+                                model.retain(|&(_, t), _| t >= cutoff);
+                                assert_accounted(&store);
+                                continue;
+                            }
+                        }
+                    }
+                };
+                put(&mut store, &metric, v, t);
+                model.insert((metric, t), v);
+                if step % 30_000 == 29_999 {
+                    assert_eq!(
+                        get_star_bytes(&store, ALL),
+                        model_bytes(&model),
+                        "seed {seed}"
+                    );
+                }
+            }
+            assert_like_model(&mut store, &model, &format!("seed {seed}"));
+            check_structure(&store);
+            let blocks: usize = store.slots.iter().flatten().map(|s| s.blocks.len()).sum();
+            assert!(
+                blocks > 20,
+                "seed {seed}: only {blocks} blocks: the test lost its reach"
+            );
+        }
+    }
+
+    /// Full and nearly full blocks take late points at each segment end, in the gap after them
+    /// and before them; blocks stay within SEALED_MOST, in order, and accounted.
+    #[test]
+    fn late_points_into_full_and_partial_blocks() {
+        for total in [
+            SEALED_MOST,
+            SEALED_MOST - BLOCK_POINTS,
+            2 * SEALED_MOST + 300,
+        ] {
+            for late in [
+                0usize,
+                1,
+                BLOCK_POINTS - 1,
+                BLOCK_POINTS,
+                2 * BLOCK_POINTS + 1,
+                3000,
+                4095,
+            ] {
+                for shift in [-1i64, 0, 1, 5] {
+                    let mut store = Store::new();
+                    let mut model: BTreeMap<i64, f64> = BTreeMap::new();
+                    let n = total + BLOCK_POINTS + SLACK_LEAST;
+                    for t in 0..n as i64 {
+                        put(&mut store, "m", 1.0, t * 10);
+                        model.insert(t * 10, 1.0);
+                    }
+                    let at = (late.min(total - 1) as i64) * 10 + shift;
+                    put(&mut store, "m", -0.0, at);
+                    model.insert(at, -0.0);
+                    // and several in one merge, across segments
+                    for extra in [at + 3, at + 1283, at - 1277] {
+                        put(&mut store, "m", 2.5, extra);
+                        model.insert(extra, 2.5);
+                    }
+                    store.merge_late();
+                    let want: Vec<(i64, u64)> =
+                        model.iter().map(|(&t, &v)| (t, v.to_bits())).collect();
+                    let got: Vec<(i64, u64)> = series(&store, "m")
+                        .into_iter()
+                        .map(|(t, v)| (t, v.to_bits()))
+                        .collect();
+                    assert_eq!(got, want, "total {total} late {late} shift {shift}");
+                    assert_eq!(store.points(), model.len());
+                    assert_accounted(&store);
+                    check_structure(&store);
+                    // Then more appends seal onto whatever the merge left.
+                    for t in n as i64..n as i64 + 3000 {
+                        put(&mut store, "m", 3.0, t * 10);
+                        model.insert(t * 10, 3.0);
+                    }
+                    store.merge_late();
+                    assert_eq!(series(&store, "m").len(), model.len());
+                    check_structure(&store);
+                    assert_accounted(&store);
+                }
+            }
+        }
+    }
+
+    /// Blocks at both ends of `i64`, then late points at the extremes and at segment ends of
+    /// every block: merges that split segments next to i64::MIN and i64::MAX stay exact.
+    #[test]
+    fn segment_splits_at_the_ends_of_i64() {
+        let n = 3 * SEALED_MOST as i64;
+        let mut stamps: Vec<i64> = (0..n).map(|i| i64::MIN + i * 3).collect();
+        stamps.extend((0..n).map(|i| i64::MAX - (n - i) * 3 + 3));
+        let mut late = vec![i64::MIN, i64::MIN + 1, i64::MAX - 1, 0, -1, 1];
+        for k in (0..2 * n as usize).step_by(BLOCK_POINTS) {
+            late.extend([
+                stamps[k],
+                stamps[k].wrapping_sub(1),
+                stamps[k].wrapping_add(1),
+            ]);
+        }
+        late.push(i64::MAX);
+        check_against_model(stamps.iter().copied().chain(late.iter().copied()));
+        // And interleaved: the late ones put between appends.
+        let mut mixed = Vec::new();
+        for (i, &t) in stamps.iter().enumerate() {
+            mixed.push(t);
+            if i % 1000 == 999 {
+                mixed.extend(late.iter().copied().filter(|&l| l < t).take(20));
+            }
+        }
+        check_against_model(mixed);
     }
 }
