@@ -216,6 +216,8 @@ impl Db {
         // forwarded.
         let forward_in_memory = journal.is_none() && !self.upstreams.is_empty();
         let mut refused = Vec::new();
+        // Senders to wake once the store lock is released.
+        let mut wake = Vec::new();
         // Hashed before the lock: the less each put does under it, the better several
         // connections share it.
         let hashes: Vec<u64> = requests
@@ -284,7 +286,7 @@ impl Db {
             if forward_in_memory && puts > 0 {
                 let applied_now = &requests[..applied.consumed];
                 for queue in self.upstreams.iter().filter_map(|u| u.queue()) {
-                    applied.forward_dropped += queue.push_with(puts, |out| {
+                    let pushed = queue.push_with(puts, |out| {
                         let mut refused = refused.iter().copied().peekable();
                         for (i, request) in applied_now.iter().enumerate() {
                             if let Ok(Request::Put {
@@ -299,10 +301,18 @@ impl Db {
                             }
                         }
                     });
+                    applied.forward_dropped += pushed.dropped;
+                    if pushed.wake {
+                        wake.push(queue);
+                    }
                 }
             }
             appender.map(|appender| appender.finish())
         };
+        // Not under the store lock: a woken sender may take this core at once.
+        for queue in wake {
+            queue.wake();
+        }
         if applied.forward_dropped > 0 {
             self.forwarded.dropped(applied.forward_dropped);
         }

@@ -409,6 +409,16 @@ impl Batch {
     }
 }
 
+/// What [`MemoryQueue::push_with`] did.
+#[must_use]
+#[derive(Debug)]
+pub(crate) struct Pushed {
+    /// Points dropped to stay within the bound.
+    pub dropped: u64,
+    /// Whether the sender waits for these: call [`MemoryQueue::wake`] once no lock is held.
+    pub wake: bool,
+}
+
 /// The points waiting for one upstream without a data file, in put order, as records. Holds at
 /// most `bound` of them; past that the oldest are dropped (the bytes of dropped points are a
 /// gap in the positions). The sender takes them from the front: what it has taken, and the
@@ -460,9 +470,10 @@ impl MemoryQueue {
 
     /// Adds `points` points, as records that `write` appends ([`push_record`]) straight to
     /// the queue's last batch: no copy of them is made on the way. Never waits for the sender.
-    /// Returns how many points were dropped to stay within the bound: the oldest waiting ones,
-    /// point by point, so the newest `bound` are kept whatever the batches' sizes.
-    pub fn push_with(&self, points: u64, write: impl FnOnce(&mut Vec<u8>)) -> u64 {
+    /// Drops the oldest waiting points past the bound, point by point, so the newest `bound`
+    /// are kept whatever the batches' sizes. The sender is not woken here: the caller holds
+    /// the store lock, and a woken thread may take the caller's core at once.
+    pub fn push_with(&self, points: u64, write: impl FnOnce(&mut Vec<u8>)) -> Pushed {
         let mut guard = lock(&self.state);
         let state = &mut *guard;
         let start = state.end;
@@ -518,17 +529,22 @@ impl MemoryQueue {
         if wake {
             state.wake_at = u64::MAX;
         }
-        drop(guard);
-        if wake {
-            self.grew.notify_one();
-        }
-        dropped
+        Pushed { dropped, wake }
     }
 
-    /// [`push_with`](MemoryQueue::push_with) of records made already.
+    /// Wakes the sender, as a push asked for ([`Pushed::wake`]).
+    pub fn wake(&self) {
+        self.grew.notify_one();
+    }
+
+    /// [`push_with`](MemoryQueue::push_with) of records made already, waking the sender.
     #[cfg(test)]
     fn push(&self, records: &[u8], points: u64) -> u64 {
-        self.push_with(points, |out| out.extend_from_slice(records))
+        let pushed = self.push_with(points, |out| out.extend_from_slice(records));
+        if pushed.wake {
+            self.wake();
+        }
+        pushed.dropped
     }
 
     /// Moves whole batches from the front (at least one, then up to `most` bytes) to `out`.
@@ -1164,7 +1180,7 @@ mod tests {
                     _ => BATCH_BYTES as u64 / 26 + (roll >> 8) % 30_000,
                 };
                 let mut bytes = 0;
-                let dropped = queue.push_with(n, |out| {
+                let pushed = queue.push_with(n, |out| {
                     let before = out.len();
                     for i in id..id + n {
                         push_record(out, &format!("m{}", i % 7), i as f64, i as i64);
@@ -1180,9 +1196,9 @@ mod tests {
                     waiting.pop_front();
                     want_dropped += 1;
                 }
-                assert_eq!(dropped, want_dropped, "bound {bound}");
-                dropped_total += dropped;
-                unsent -= dropped;
+                assert_eq!(pushed.dropped, want_dropped, "bound {bound}");
+                dropped_total += pushed.dropped;
+                unsent -= pushed.dropped;
                 let state = lock(&queue.state);
                 assert_eq!(state.end, end);
                 assert_eq!(state.dropped, dropped_total);
