@@ -11,7 +11,8 @@
 //! when no late point is waiting) goes to the series' late list, unsorted, and is merged into
 //! the head and the blocks it belongs in when the list is full, before a seal that needs it,
 //! or on the next maintenance tick: one pass over the head and one decode and encode per block
-//! touched, whatever the order of writes. A series whose late points land just behind the head
+//! touched (of a block with room, only of its segments from the earliest late point on),
+//! whatever the order of writes. A series whose late points land just behind the head
 //! (connections interleaving their timestamps) earns a larger slack, up to [`SLACK_MOST`], and
 //! gives it back when its writes are in order again.
 //!
