@@ -144,25 +144,25 @@ impl Block {
     /// Splits the block before its first segment whose last point is not older than
     /// `timestamp` (for sorted points: the first holding a point at or after it): the
     /// segments before that one as a block, their bytes copied rather than coded again, and
-    /// the points from there on, decoded. A change to a block's newest points then codes again
-    /// only the segments that hold them.
+    /// every point of the block, decoded (the kept ones first: `prefix.len()` of them). A
+    /// change to a block's newest points then codes again only the segments that hold them,
+    /// and a caller that must code the whole block again need not decode it twice.
     pub fn split_segments(&self, timestamp: i64) -> (Block, Vec<(i64, f64)>) {
         let mut iter = self.iter();
         // Where the kept segments end: the byte, the points before it, the last of them.
         let (_, mut end) = read_count(&self.bytes);
         let (mut kept, mut last) = (0u32, self.first);
-        let mut points = Vec::new();
+        let mut points = Vec::with_capacity(iter.len());
         // A segment at a time: its first point (which starts it), then the rest of it.
         while let Some(first) = iter.next() {
             let start = points.len();
             points.push(first);
             let rest = iter.left as usize;
             points.extend((&mut iter).take(rest));
-            if start == 0 && points[points.len() - 1].0 < timestamp {
+            if start == kept as usize && points[points.len() - 1].0 < timestamp {
                 kept += iter.count;
                 last = points[points.len() - 1].0;
                 end = iter.reader.pos.div_ceil(8);
-                points.clear();
             }
         }
         let prefix = if kept == 0 {
@@ -1626,7 +1626,12 @@ mod tests {
         stamps.extend(points.iter().step_by(points.len() / 3 + 1).map(|&(t, _)| t));
         stamps.extend(points.get(70).map(|&(t, _)| t.saturating_add(1)));
         for t in stamps {
-            let (prefix, rest) = block.split_segments(t);
+            let (prefix, all) = block.split_segments(t);
+            assert_eq!(
+                bits(&mut all.iter().copied()),
+                bits(&mut points.iter().copied())
+            );
+            let rest = &all[prefix.len()..];
             let kept = kept_before(points, ends, t);
             assert_eq!(
                 prefix.len(),
@@ -1647,7 +1652,7 @@ mod tests {
             );
             let whole = bits(&mut prefix.iter().chain(rest.iter().copied()));
             assert_eq!(whole, bits(&mut points.iter().copied()), "split at {t}");
-            let appended = prefix.append(&rest);
+            let appended = prefix.append(rest);
             assert_eq!(bits(&mut appended.iter()), whole, "split at {t}, appended");
         }
     }
@@ -1797,7 +1802,12 @@ mod tests {
                 }
             }
             for t in cuts {
-                let (prefix, rest) = block.split_segments(t);
+                let (prefix, all) = block.split_segments(t);
+                assert_eq!(
+                    bits(&mut all.iter().copied()),
+                    bits(&mut points.iter().copied())
+                );
+                let rest = &all[prefix.len()..];
                 let kept = kept_before(&points, &ends, t);
                 assert_eq!(
                     prefix.len(),
@@ -1831,15 +1841,15 @@ mod tests {
                 );
                 // Appending back (whole, or in two) gives the points again; so does splitting the
                 // result once more.
-                let again = prefix.append(&rest);
+                let again = prefix.append(rest);
                 assert_eq!(bits(&mut again.iter()), bits(&mut points.iter().copied()));
                 assert_eq!((again.len(), again.last()), (n, points[n - 1].0));
                 let half = rest.len() / 2;
                 let twice = prefix.append(&rest[..half]).append(&rest[half..]);
                 assert_eq!(bits(&mut twice.iter()), bits(&mut points.iter().copied()));
-                let (p2, r2) = again.split_segments(t);
+                let (p2, all2) = again.split_segments(t);
                 let mut all: Vec<(i64, f64)> = p2.iter().collect();
-                all.extend(r2);
+                all.extend_from_slice(&all2[p2.len()..]);
                 assert_eq!(
                     bits(&mut all.into_iter()),
                     bits(&mut points.iter().copied())
@@ -1847,8 +1857,8 @@ mod tests {
             }
         }
         // An empty block splits into nothing.
-        let (prefix, rest) = Block::encode(&[]).split_segments(0);
-        assert_eq!((prefix.len(), rest.len()), (0, 0));
+        let (prefix, all) = Block::encode(&[]).split_segments(0);
+        assert_eq!((prefix.len(), all.len()), (0, 0));
     }
 
     /// The constant plan, where it applies, is the full search's plan, on random short

@@ -785,20 +785,17 @@ impl Series {
 
     /// Merges sorted `points` into block `at`; returns how many replaced a point there.
     fn merge_into(&mut self, at: usize, points: &[(i64, f64)]) -> usize {
-        // Only the block's segments from the earliest late point on are decoded and coded
-        // again: writers that lag land in its newest ones.
+        // Only the block's segments from the earliest late point on are coded again: writers
+        // that lag land in its newest ones. The merge moves only points from there on.
         let first = points.first().map_or(i64::MAX, |&(t, _)| t);
-        let (kept, mut merged) = self.blocks[at].split_segments(first);
-        merged.reserve(points.len());
-        let replaced = merge_in_place(&mut merged, points);
-        let blocks = if kept.len() > 0 && kept.len() + merged.len() <= SEALED_MOST {
-            vec![kept.append(&merged)]
+        let (kept, mut all) = self.blocks[at].split_segments(first);
+        all.reserve(points.len());
+        let replaced = merge_in_place(&mut all, points);
+        let blocks = if kept.len() > 0 && all.len() <= SEALED_MOST {
+            vec![kept.append(&all[kept.len()..])]
         } else {
             // A full block is coded again whole, in even parts, so that one point past it
             // does not make a block of its own.
-            let mut all = Vec::with_capacity(kept.len() + merged.len());
-            kept.decode_into(&mut all);
-            all.append(&mut merged);
             let parts = all.len().div_ceil(MERGED_POINTS).max(1);
             let size = all.len().div_ceil(parts).max(1);
             all.chunks(size).map(Block::encode).collect()
