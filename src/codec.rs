@@ -2496,6 +2496,14 @@ mod tests {
         out
     }
 
+    /// A count from the environment variable `name`, or `default`: the reports' knobs.
+    pub(super) fn env_number(name: &str, default: usize) -> usize {
+        std::env::var(name)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(default)
+    }
+
     /// Prints bytes per point (block bytes and the `Block` struct) on the generated data sets,
     /// in blocks of 1024 points, and the encode and decode rates. Points: `GEN_POINTS`
     /// (default 1000000). Run with
@@ -2503,10 +2511,7 @@ mod tests {
     #[test]
     #[ignore]
     fn report_bytes_per_point() {
-        let points: usize = std::env::var("GEN_POINTS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(1_000_000);
+        let points = env_number("GEN_POINTS", 1_000_000);
         for kind in ["realistic", "counters", "random"] {
             let named = generated(kind, points);
             let series: Vec<&[(i64, f64)]> = named.iter().map(|(_, p)| &p[..]).collect();
@@ -2567,6 +2572,7 @@ mod tests {
 
 #[cfg(test)]
 mod speed {
+    use super::tests::env_number;
     use super::*;
 
     /// splitmix64: a seeded generator for the timing data.
@@ -2674,17 +2680,11 @@ mod speed {
     #[test]
     #[ignore]
     fn report_codec_speed() {
-        let n: usize = std::env::var("CODEC_POINTS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(300_000);
-        let runs = |var: &str| -> usize {
-            std::env::var(var)
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(11)
-        };
-        let (encode_runs, decode_runs) = (runs("CODEC_ENCODE_RUNS"), runs("CODEC_DECODE_RUNS"));
+        let n = env_number("CODEC_POINTS", 300_000);
+        let (encode_runs, decode_runs) = (
+            env_number("CODEC_ENCODE_RUNS", 11),
+            env_number("CODEC_DECODE_RUNS", 11),
+        );
         let only = std::env::var("CODEC_KINDS").unwrap_or_default();
         for kind in KINDS
             .into_iter()

@@ -569,6 +569,9 @@ fn compaction_after_an_upstream_fell_behind_mid_stream_keeps_its_place() {
     assert_drained(&server, all.len());
 }
 
+/// Spellings of values that any upstream stores exactly: both spelling tests start with these.
+const SPELLINGS: [&str; 8] = ["0.5", "0.50", "007", "-12.25", "1e3", ".5", "5.", "+1.5"];
+
 /// Puts one point per spelling of a value, `spelled.I` at 1700000000 + I; returns the points
 /// the server stored.
 fn put_spellings(server: &TestServer, spellings: &[&str]) -> BTreeSet<Point> {
@@ -599,36 +602,20 @@ fn values_reach_victoria_metrics_exactly_however_the_client_spelled_them() {
     let vm = Vm::running("spellings");
     let upstream = vm.graphite.to_string();
     let server = TestServer::start_with(&["--forward", &upstream]);
-    let spellings = [
-        "0.5",
-        "0.50",
-        "007",
-        "-12.25",
-        "1e3",
+    let extra = [
         "2.5E-3",
-        ".5",
-        "5.",
-        "+1.5",
         "1700000000.25",
         "0.000000000000001234",
         "-98765.4321",
     ];
-    vm.wait_for(&put_spellings(&server, &spellings));
+    vm.wait_for(&put_spellings(&server, &[&SPELLINGS[..], &extra].concat()));
 }
 
 #[test]
 fn forwarded_lines_read_back_as_the_stored_values_bit_for_bit() {
     let upstream = FakeUpstream::start(vec![Script::Read]);
     let server = forwarding_to(upstream.addr, &[]);
-    let spellings = [
-        "0.5",
-        "0.50",
-        "007",
-        "-12.25",
-        "1e3",
-        ".5",
-        "5.",
-        "+1.5",
+    let extra = [
         "-0",
         "-0.000",
         "0",
@@ -640,7 +627,7 @@ fn forwarded_lines_read_back_as_the_stored_values_bit_for_bit() {
         "-2.2250738585072014e-308",
         "123456789012345",
     ];
-    upstream.wait_for(&put_spellings(&server, &spellings));
+    upstream.wait_for(&put_spellings(&server, &[&SPELLINGS[..], &extra].concat()));
     // Every value went as `get` prints it.
     let lines = upstream.lines();
     for line in [
