@@ -60,7 +60,9 @@ if [[ -n "${BEFORE:-}" ]]; then
   BINS[before]=$TMP/metrics-before
   SIDES=(before after)
 fi
-# use SIDE: the binary that servers and clients run from now on.
+# use SIDE: the binary that servers and clients run from now on. The load generator (`metrics
+# bench`) is the after binary's for both sides: one instrument, so that a cheaper generator is
+# not counted as a faster server. `get` and `put -` are each side's own: those are what users run.
 use() { SIDE=$1; BIN=${BINS[$1]}; }
 use after
 
@@ -123,7 +125,7 @@ rate() { awk -v n="$1" -v a="$2" -v b="$3" 'BEGIN {printf "%.0f", n / (b - a)}';
 # sleep_until EPOCH-SECONDS
 sleep_until() { sleep "$(awk -v t="$1" -v n="$(now)" 'BEGIN {d = t - n; printf "%.3f", (d > 0 ? d : 0)}')"; }
 
-bench() { "$BIN" bench --addr "$ADDR" "$@"; }
+bench() { "${BINS[after]}" bench --addr "$ADDR" "$@"; }
 
 # median3 COMMAND...: runs COMMAND three times (it prints one line that starts with a number) and
 # prints the median line, since single runs on a shared machine vary by 10-20%.

@@ -2,9 +2,12 @@
 //!
 //! Each connection sends its share of the requests in batches of `pipeline` requests. Without
 //! pipelining each connection has one request in flight, and each thread drives a group of four
-//! connections. With pipelining a writer thread formats and sends a connection's batches
-//! while a reader thread takes the replies, with up to two batches in flight, so the generator
-//! keeps the server busy instead of waiting on itself.
+//! connections. With pipelining up to two batches are in flight, so the generator keeps the
+//! server busy instead of waiting on itself: one thread per connection writes a batch and then
+//! reads the replies to the one before it when those replies are sure to fit in the socket's
+//! buffer (puts in batches of up to a thousand or so); otherwise a writer thread sends while a
+//! reader thread takes the replies. The generator costs little of what it measures: values'
+//! text is made once, and replies that are a plain `ok` are counted without parsing.
 //! Latency is measured per request, from the write of its batch to the arrival of its reply.
 //!
 //! Memory does not grow with the flags: metric names are made as they are sent (`--keys` costs
@@ -13,7 +16,8 @@
 //! replies while the writer is still writing and neither side waits for the other.
 
 use crate::client::{self, ClientError, ReplyReader};
-use crate::protocol::{self, Reply, Request, Selector};
+use crate::protocol::{self, Reply};
+use std::collections::VecDeque;
 use std::fmt;
 use std::io::{self, Write};
 use std::net::TcpStream;
@@ -173,10 +177,10 @@ impl Histogram {
         (1 << exponent) | (mantissa << (exponent - u64::from(SUB_BITS)))
     }
 
-    /// Records one latency.
-    pub fn record(&mut self, latency: Duration) {
+    /// Records `n` requests that took `latency` each.
+    pub fn record(&mut self, latency: Duration, n: u64) {
         let nanos = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
-        self.counts[Self::index(nanos)] += 1;
+        self.counts[Self::index(nanos)] += n;
         self.max = self.max.max(nanos);
     }
 
@@ -273,45 +277,70 @@ struct Plan {
     offset: u64,
     stride: u64,
     count: u64,
+    /// The text of each value a put can carry ([`VALUES`] of them), made once: formatting
+    /// every request's value would make the load generator a large part of what is measured.
+    values: Vec<Box<[u8]>>,
+    /// The last timestamp written and its text: it changes once every `keys` requests.
+    stamp: (i64, Vec<u8>),
 }
 
+/// Distinct values a put carries: request `i` puts `(i % VALUES) * 0.25`.
+const VALUES: u64 = 1000;
+
 impl Plan {
-    /// Appends requests `from..from + count` of this connection. Key `k` is `bench.key{k}`,
-    /// made here rather than looked up, so any `--keys` costs nothing up front.
-    fn encode(&self, from: u64, count: u64, out: &mut Vec<u8>) {
-        let mut metric = String::with_capacity(32);
-        metric.push_str("bench.key");
+    fn new(keys: u64, workload: Workload, offset: u64, stride: u64, count: u64) -> Plan {
+        let values = (0..VALUES)
+            .map(|v| {
+                let mut text = Vec::with_capacity(protocol::MAX_FLOAT_LEN);
+                protocol::write_float(&mut text, Self::value(v));
+                text.into_boxed_slice()
+            })
+            .collect();
+        Plan {
+            keys: keys.max(1),
+            workload,
+            offset,
+            stride,
+            count,
+            values,
+            stamp: (i64::MIN, Vec::new()),
+        }
+    }
+
+    fn value(global: u64) -> f64 {
+        (global % VALUES) as f64 * 0.25
+    }
+
+    /// Appends requests `from..from + count` of this connection, byte for byte what
+    /// [`Request::encode`](protocol::Request::encode) writes. Key `k` is `bench.key{k}`, made here rather than looked up,
+    /// so any `--keys` costs nothing up front.
+    fn encode(&mut self, from: u64, count: u64, out: &mut Vec<u8>) {
+        let mut digits = [0; 20];
         for i in from..from + count {
             let global = i * self.stride + self.offset;
-            metric.truncate("bench.key".len());
-            push_decimal(&mut metric, global % self.keys);
             let get = match self.workload {
                 Workload::Put => false,
                 Workload::Get => true,
                 Workload::Mixed => global % 10 == 9,
             };
-            let request = if get {
-                Request::Get(Selector::Metric(&metric))
-            } else {
-                Request::Put {
-                    metric: &metric,
-                    value: (global % 1000) as f64 * 0.25,
-                    timestamp: BASE_TIMESTAMP.saturating_add((global / self.keys) as i64),
+            out.extend_from_slice(if get { b"get " } else { b"put " });
+            out.extend_from_slice(b"bench.key");
+            out.extend_from_slice(protocol::digits(global % self.keys, &mut digits));
+            if !get {
+                let timestamp = BASE_TIMESTAMP.saturating_add((global / self.keys) as i64);
+                if self.stamp.0 != timestamp {
+                    self.stamp.0 = timestamp;
+                    self.stamp.1.clear();
+                    protocol::write_i64(&mut self.stamp.1, timestamp);
                 }
-            };
-            request.encode(out);
+                out.push(b' ');
+                out.extend_from_slice(&self.values[(global % VALUES) as usize]);
+                out.push(b' ');
+                out.extend_from_slice(&self.stamp.1);
+            }
+            out.push(b'\n');
         }
     }
-}
-
-/// Appends the decimal digits of `n`: the one formatting step per request, kept cheap so the
-/// load generator is not what a benchmark measures.
-fn push_decimal(out: &mut String, n: u64) {
-    out.extend(
-        protocol::digits(n, &mut [0; 20])
-            .iter()
-            .map(|&d| char::from(d)),
-    );
 }
 
 /// What one connection counted.
@@ -333,17 +362,23 @@ impl Tally {
         let mut skip_points = |_: &str, _: f64, _: i64| ControlFlow::Continue(());
         // Replies that came in one read arrived at one time: read the clock once per read.
         let (mut reads, mut latency) = (u64::MAX, Duration::ZERO);
-        for _ in 0..count {
-            match replies.read_reply(&mut skip_points)? {
-                Some(Reply::Ok { .. }) => {}
-                _ => self.errors += 1,
+        let mut left = count;
+        while left > 0 {
+            let mut answered = replies.take_buffered_oks(left);
+            if answered == 0 {
+                match replies.read_reply(&mut skip_points)? {
+                    Some(Reply::Ok { .. }) => {}
+                    _ => self.errors += 1,
+                }
+                answered = 1;
             }
             if replies.reads() != reads {
                 reads = replies.reads();
                 latency = sent.elapsed();
             }
-            self.completed += 1;
-            self.latency.record(latency);
+            left -= answered;
+            self.completed += answered;
+            self.latency.record(latency, answered);
         }
         Ok(())
     }
@@ -365,14 +400,8 @@ pub fn run(config: &BenchConfig) -> Result<Report, BenchError> {
         .into_iter()
         .zip(0..n)
         .map(|(stream, c)| {
-            let plan = Plan {
-                keys: config.keys.max(1),
-                workload: config.workload,
-                offset: c,
-                stride: n,
-                count: config.requests / n + u64::from(c < config.requests % n),
-            };
-            (stream, plan)
+            let count = config.requests / n + u64::from(c < config.requests % n);
+            (stream, Plan::new(config.keys, config.workload, c, n, count))
         })
         .collect();
     let started = Instant::now();
@@ -396,7 +425,7 @@ pub fn run(config: &BenchConfig) -> Result<Report, BenchError> {
                     drive_group(job)
                 } else {
                     let (stream, plan) = job.into_iter().next().expect("one connection");
-                    drive(stream, &plan, pipeline)
+                    drive(stream, plan, pipeline)
                 }
             });
             match spawned {
@@ -478,19 +507,93 @@ fn drive_group(group: Vec<(TcpStream, Plan)>) -> Outcome {
     (tally, result.err())
 }
 
-/// With pipelining: a writer sends one connection's batches while a reader takes the replies.
-/// A batch is announced to the reader before its first byte is written, so the reader drains
-/// replies while a batch of any size is still being written.
-fn drive(stream: TcpStream, plan: &Plan, pipeline: u64) -> Outcome {
+/// Batches a pipelining connection has written and not yet had all replies to, at most.
+const IN_FLIGHT: usize = 2;
+
+/// The longest reply to a put: `ok`, or an error such as the memory limit's.
+const PUT_REPLY_MOST: u64 = 32;
+
+/// Reply bytes a connection can leave unread without the server ever waiting to write them:
+/// half of Linux's smallest default receive buffer (128 KiB).
+const UNREAD_REPLIES_MOST: u64 = 64 << 10;
+
+/// With pipelining. When the replies that can be in flight are few and small (puts, batches of
+/// up to about a thousand), one thread writes a batch and then reads the replies to the one
+/// before it: the server never waits to write them, so nothing blocks, and the generator costs
+/// half the threads and no handoffs between them. Otherwise a writer and a reader thread.
+fn drive(stream: TcpStream, plan: Plan, pipeline: u64) -> Outcome {
+    let unread_most = IN_FLIGHT as u64 * pipeline * PUT_REPLY_MOST;
+    if plan.workload == Workload::Put && unread_most <= UNREAD_REPLIES_MOST {
+        drive_alone(stream, plan, pipeline)
+    } else {
+        drive_with_reader(stream, plan, pipeline)
+    }
+}
+
+/// The batches of a connection: `(first request, requests)`.
+fn batches(plan: &Plan, pipeline: u64) -> impl Iterator<Item = (u64, u64)> + use<> {
+    let count = plan.count;
+    (0..count)
+        .step_by(usize::try_from(pipeline).unwrap_or(usize::MAX))
+        .map(move |from| (from, pipeline.min(count - from)))
+}
+
+/// Writes requests `from..from + count`, encoded [`CHUNK_REQUESTS`] at a time.
+fn write_batch(
+    stream: &TcpStream,
+    plan: &mut Plan,
+    (from, count): (u64, u64),
+    out: &mut Vec<u8>,
+) -> io::Result<()> {
+    let mut at = from;
+    while at < from + count {
+        let chunk = (from + count - at).min(CHUNK_REQUESTS);
+        out.clear();
+        plan.encode(at, chunk, out);
+        (&*stream).write_all(out)?;
+        at += chunk;
+    }
+    Ok(())
+}
+
+/// One thread writes each batch, then reads the replies to the batch before it.
+fn drive_alone(stream: TcpStream, mut plan: Plan, pipeline: u64) -> Outcome {
+    let mut tally = Tally::default();
+    let result = (|| {
+        let mut replies = ReplyReader::new(stream.try_clone()?);
+        let mut out = Vec::new();
+        let mut in_flight = VecDeque::with_capacity(IN_FLIGHT);
+        let mut written = Ok(());
+        for batch in batches(&plan, pipeline) {
+            if in_flight.len() == IN_FLIGHT {
+                if let Some((sent, count)) = in_flight.pop_front() {
+                    tally.read_batch(&mut replies, sent, count)?;
+                }
+            }
+            in_flight.push_back((Instant::now(), batch.1));
+            written = write_batch(&stream, &mut plan, batch, &mut out);
+            if written.is_err() {
+                break;
+            }
+        }
+        // After a failed write too: a server that closed may have said why.
+        for (sent, count) in in_flight {
+            tally.read_batch(&mut replies, sent, count)?;
+        }
+        Ok(written?)
+    })();
+    (tally, result.err())
+}
+
+/// A writer sends one connection's batches while a reader takes the replies. A batch is
+/// announced to the reader before its first byte is written, so the reader drains replies
+/// while a batch of any size is still being written.
+fn drive_with_reader(stream: TcpStream, mut plan: Plan, pipeline: u64) -> Outcome {
     let mut replies = match stream.try_clone() {
         Ok(clone) => ReplyReader::new(clone),
         Err(e) => return (Tally::default(), Some(e.into())),
     };
     let mut out = Vec::new();
-    let batches = (0..plan.count)
-        .step_by(usize::try_from(pipeline).unwrap_or(usize::MAX))
-        .map(move |from| (from, pipeline.min(plan.count - from)));
-    const IN_FLIGHT: usize = 2;
     let (sent_tx, sent_rx) = mpsc::sync_channel::<(Instant, u64)>(IN_FLIGHT);
     let (credit_tx, credit_rx) = mpsc::sync_channel::<()>(IN_FLIGHT);
     for _ in 0..IN_FLIGHT {
@@ -516,27 +619,14 @@ fn drive(stream: TcpStream, plan: &Plan, pipeline: u64) -> Outcome {
             Err(e) => return (Tally::default(), Some(e.into())),
         };
         let written: Result<(), ClientError> = (|| {
-            for (from, count) in batches {
+            for batch in batches(&plan, pipeline) {
                 if credit_rx.recv().is_err() {
                     break; // the reader failed; it reports why
                 }
-                let end = from + count;
-                let (mut at, mut chunk) = (from, count.min(CHUNK_REQUESTS));
-                out.clear();
-                plan.encode(at, chunk, &mut out);
-                if sent_tx.send((Instant::now(), count)).is_err() {
+                if sent_tx.send((Instant::now(), batch.1)).is_err() {
                     break;
                 }
-                loop {
-                    (&stream).write_all(&out)?;
-                    at += chunk;
-                    if at == end {
-                        break;
-                    }
-                    chunk = (end - at).min(CHUNK_REQUESTS);
-                    out.clear();
-                    plan.encode(at, chunk, &mut out);
-                }
+                write_batch(&stream, &mut plan, batch, &mut out)?;
             }
             Ok(())
         })();
@@ -552,6 +642,7 @@ fn drive(stream: TcpStream, plan: &Plan, pipeline: u64) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::{Request, Selector};
 
     #[test]
     fn histogram_buckets_round_trip_within_precision() {
@@ -568,7 +659,7 @@ mod tests {
     fn quantiles_come_from_the_recorded_values() {
         let mut h = Histogram::default();
         for micros in 1..=100 {
-            h.record(Duration::from_micros(micros));
+            h.record(Duration::from_micros(micros), 1);
         }
         let p50 = h.quantile(0.5).as_micros();
         assert!((48..=50).contains(&p50), "{p50}");
@@ -582,13 +673,7 @@ mod tests {
     fn plans_cover_every_global_request_once() {
         let mut lines = Vec::new();
         for offset in 0..4 {
-            let plan = Plan {
-                keys: 3,
-                workload: Workload::Put,
-                offset,
-                stride: 4,
-                count: 3,
-            };
+            let mut plan = Plan::new(3, Workload::Put, offset, 4, 3);
             let mut out = Vec::new();
             plan.encode(0, 3, &mut out);
             lines.extend(String::from_utf8(out).unwrap().lines().map(String::from));
@@ -624,15 +709,46 @@ mod tests {
 
     #[test]
     fn any_number_of_keys_costs_nothing_up_front() {
-        let plan = Plan {
-            keys: 10_000_000_000,
-            workload: Workload::Mixed,
-            offset: 9_999_999_999,
-            stride: 1,
-            count: 1,
-        };
+        let mut plan = Plan::new(10_000_000_000, Workload::Mixed, 9_999_999_999, 1, 1);
         let mut out = Vec::new();
         plan.encode(0, 1, &mut out);
         assert_eq!(out, b"get bench.key9999999999\n");
+    }
+
+    #[test]
+    fn requests_are_the_bytes_the_protocol_encodes() {
+        for (keys, workload, offset, stride) in [
+            (1, Workload::Put, 0, 1),
+            (7, Workload::Mixed, 3, 5),
+            (1000, Workload::Put, 1, 2),
+            (999, Workload::Get, 0, 8),
+        ] {
+            let mut plan = Plan::new(keys, workload, offset, stride, 5000);
+            let mut out = Vec::new();
+            plan.encode(0, 2500, &mut out);
+            plan.encode(2500, 2500, &mut out);
+            let mut expected = Vec::new();
+            for i in 0..5000 {
+                let global = i * stride + offset;
+                let metric = format!("bench.key{}", global % keys);
+                let get =
+                    workload == Workload::Get || (workload == Workload::Mixed && global % 10 == 9);
+                let request = if get {
+                    Request::Get(Selector::Metric(&metric))
+                } else {
+                    Request::Put {
+                        metric: &metric,
+                        value: (global % 1000) as f64 * 0.25,
+                        timestamp: BASE_TIMESTAMP + (global / keys) as i64,
+                    }
+                };
+                request.encode(&mut expected);
+            }
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                String::from_utf8(expected).unwrap(),
+                "{keys} keys, {workload}"
+            );
+        }
     }
 }

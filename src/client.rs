@@ -284,6 +284,22 @@ impl<R: Read> ReplyReader<R> {
         }
     }
 
+    /// Takes up to `most` replies that are already buffered and are exactly `ok` with no
+    /// points; returns how many. A load generator counts the replies to its puts this way
+    /// without parsing each; anything else is left for [`read_reply`](Self::read_reply).
+    pub fn take_buffered_oks(&mut self, most: u64) -> u64 {
+        const OK: &[u8] = b"ok\n\n";
+        if !self.at_status {
+            return 0;
+        }
+        let mut taken = 0;
+        while taken < most && self.buf[self.start..self.end].starts_with(OK) {
+            self.start += OK.len();
+            taken += 1;
+        }
+        taken
+    }
+
     /// Follows the reply's shape as far as the size of its error message needs: the parser
     /// would otherwise gather a message of any length.
     fn track(
@@ -684,5 +700,39 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(replies.inner.served <= 2 * MAX_REPLY_LINE + 64 * 1024);
+    }
+
+    #[test]
+    fn buffered_oks_are_taken_up_to_the_first_other_reply() {
+        let text: &[u8] = b"ok\n\nok\n\nok\n\nerror\nwrong command\n\nok\nm 1.0 2\n\nok\n\nok\n";
+        let mut replies = ReplyReader::new(text);
+        let mut none = |_: &str, _: f64, _: i64| ControlFlow::Continue(());
+        assert_eq!(replies.take_buffered_oks(9), 0, "nothing is buffered yet");
+        assert!(matches!(
+            replies.read_reply(&mut none),
+            Ok(Some(Reply::Ok { .. }))
+        ));
+        assert_eq!(replies.take_buffered_oks(1), 1, "at most as many as asked");
+        assert_eq!(replies.take_buffered_oks(9), 1, "not the error");
+        assert!(matches!(
+            replies.read_reply(&mut none),
+            Ok(Some(Reply::Error(_)))
+        ));
+        assert_eq!(replies.take_buffered_oks(9), 0, "not an ok with points");
+        let mut points = 0;
+        let mut count = |_: &str, _: f64, _: i64| {
+            points += 1;
+            ControlFlow::Continue(())
+        };
+        assert!(matches!(
+            replies.read_reply(&mut count),
+            Ok(Some(Reply::Ok { .. }))
+        ));
+        assert_eq!(points, 1);
+        assert_eq!(replies.take_buffered_oks(9), 1, "not the unfinished one");
+        assert!(
+            replies.read_reply(&mut none).is_err(),
+            "the stream ends mid-reply"
+        );
     }
 }

@@ -151,6 +151,42 @@ fn a_batch_larger_than_the_socket_buffers_does_not_deadlock() {
 }
 
 #[test]
+fn pipelined_puts_the_memory_limit_refuses_are_counted_as_errors() {
+    // Each connection writes a batch and then reads the replies to the batch before it, from
+    // one thread: replies that are errors, not `ok`, must still be read in step.
+    let server = TestServer::start_with(&["--max-memory", "300K"]);
+    let assert = bench(
+        &server,
+        &["-c", "2", "-n", "60000", "-P", "1000", "--keys", "60000"],
+    )
+    .code(1)
+    .stdout(predicate::str::contains("(60000 in "));
+    let output = assert.get_output();
+    let errors: u64 = report_line(&output.stdout, "errors: ")["errors: ".len()..]
+        .parse()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr, format!("metrics: {errors} requests failed\n"));
+    let stored = server.dump().lines().count() as u64;
+    assert!(errors > 0 && stored > 0, "{errors} errors, {stored} stored");
+    assert_eq!(errors + stored, 60000);
+}
+
+#[test]
+fn pipelined_puts_in_large_batches_store_every_point() {
+    // Batches too large for one thread to leave their replies unread: a writer and a reader.
+    let server = TestServer::start();
+    bench(
+        &server,
+        &["-c", "2", "-n", "30000", "-P", "5000", "--keys", "7"],
+    )
+    .success()
+    .stdout(predicate::str::contains("(30000 in "))
+    .stdout(predicate::str::contains("errors: 0\n"));
+    assert_eq!(server.dump().lines().count(), 30000);
+}
+
+#[test]
 fn ten_billion_keys_cost_nothing_up_front() {
     let server = TestServer::start();
     bench(
