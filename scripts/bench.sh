@@ -21,11 +21,11 @@ cd "$(dirname "$0")/.."
 
 if [[ "${QUICK:-}" == 1 ]]; then
   PIPE_N=1000000; SINGLE_N=10000; MANY_N=50000; STORE_N=1000000; ONE_N=200000; BULK_N=500000
-  GEN_N=1000000; CONC_N=1000000; LAT_KEYS=200000; NAMES_N=200000; SWEEP_WINDOW=30
+  GEN_N=1000000; CONC_N=1000000; CONC_ROUNDS=3; LAT_KEYS=200000; NAMES_N=200000; SWEEP_WINDOW=30
   RANGE_N=200000; RANGE_Q=20000
 else
   PIPE_N=5000000; SINGLE_N=50000; MANY_N=300000; STORE_N=10000000; ONE_N=1000000; BULK_N=2000000
-  GEN_N=10000000; CONC_N=2000000; LAT_KEYS=2000000; NAMES_N=2000000; SWEEP_WINDOW=150
+  GEN_N=10000000; CONC_N=2000000; CONC_ROUNDS=5; LAT_KEYS=2000000; NAMES_N=2000000; SWEEP_WINDOW=150
   RANGE_N=2000000; RANGE_Q=20000
 fi
 GEN_SERIES=1000      # series in each gen_data.py set
@@ -318,13 +318,29 @@ done
 # is compared with one connection writing the same keys: the values differ too (with 1000 keys
 # each series gets one value over and over, with 999 a value that changes every point), and
 # so does what they cost to compress.
+# The eight shapes (and the two sides) take turns, CONC_ROUNDS rounds, so that a neighbour's
+# load falls on all of them alike; a cell is the median of its rounds' rates, and its ratio the
+# median of the rounds' ratios to one connection in the same round (CONC[...,spread]: their range).
 declare -A CONC
+for round in $(seq "$CONC_ROUNDS"); do
+  for side in "${SIDES[@]}"; do
+    use "$side"
+    progress "$side: 1 to 8 connections, round $round of $CONC_ROUNDS"
+    for c in 1 2 4 8; do
+      for keys in 1000 999; do
+        put_rate "conc-$side" -c "$c" -P 1000 -n "$CONC_N" --keys "$keys" >>"$TMP/conc.$side.$c.$keys"
+      done
+    done
+  done
+done
 for side in "${SIDES[@]}"; do
-  use "$side"
   for c in 1 2 4 8; do
     for keys in 1000 999; do
-      progress "$side: -c $c --keys $keys"
-      CONC[$side,$c,$keys]=$(median3 put_rate "conc-$side" -c "$c" -P 1000 -n "$CONC_N" --keys "$keys")
+      CONC[$side,$c,$keys]=$(median <"$TMP/conc.$side.$c.$keys")
+      read -r "CONC[$side,$c,$keys,ratio]" "CONC[$side,$c,$keys,spread]" < <(
+        paste -d ' ' "$TMP/conc.$side.1.$keys" "$TMP/conc.$side.$c.$keys" |
+          awk '$1 > 0 && $2 ~ /^[0-9.]+$/ {print 100 * $2 / $1}' | sort -n |
+          awk '{r[NR] = $1} END {if (NR) printf "%.0f%% %.0f-%.0f%%\n", r[int((NR + 1) / 2)], r[1], r[NR]; else print "- -"}')
     done
   done
 done
@@ -562,7 +578,8 @@ for kind in "${KINDS[@]}"; do
   before_after "the same, $kind, as the store accounts it (stats metrics.memory_bytes / points)" BPP "$kind-accounted"
 done
 echo
-echo "Total pipelined put rate (-P 1000, $CONC_N puts, median of three), puts/s and as % of 1 connection with the same --keys:"
+echo "Total pipelined put rate (-P 1000, $CONC_N puts, $CONC_ROUNDS alternating rounds), puts/s (median) and as % of"
+echo "1 connection with the same --keys in the same round (median, and the lowest and highest round):"
 echo
 echo "| connections | disjoint series, before | disjoint, after | shared series (--keys 999), before | shared, after |"
 echo "|---|---|---|---|---|"
@@ -571,7 +588,13 @@ for c in 1 2 4 8; do
   for keys in 1000 999; do
     for side in before after; do
       v=${CONC[$side,$c,$keys]:--}
-      if [[ "$v" == - ]]; then row+=" | -"; else row+=" | $v ($(pct "$v" "${CONC[$side,1,$keys]}"))"; fi
+      if [[ "$v" == - ]]; then
+        row+=" | -"
+      elif [[ $c == 1 ]]; then
+        row+=" | $v (100%)"
+      else
+        row+=" | $v (${CONC[$side,$c,$keys,ratio]}, ${CONC[$side,$c,$keys,spread]})"
+      fi
     done
   done
   echo "$row |"

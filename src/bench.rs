@@ -4,11 +4,12 @@
 //! pipelining each connection has one request in flight, and each thread drives a group of four
 //! connections. With pipelining up to two batches are in flight, so the generator keeps the
 //! server busy instead of waiting on itself: one thread per connection writes a batch and then
-//! reads the replies to the one before it when those replies are sure to fit in the socket's
-//! buffer (puts in batches of up to a thousand or so); otherwise a writer thread sends while a
-//! reader thread takes the replies. The generator costs little of what it measures: values'
-//! text is made once, and replies that are a plain `ok` are counted without parsing.
-//! Latency is measured per request, from the write of its batch to the arrival of its reply.
+//! reads the replies to the one before it when those replies are few and small (puts in
+//! batches of up to 1024), and reads them sooner if the server stops taking requests;
+//! otherwise a writer thread sends while a reader thread takes the replies. The generator costs
+//! little of what it measures: values' text is made once, and replies that are a plain `ok` are
+//! counted without parsing. Latency is measured per request, from the write of its batch to the
+//! reading of its reply (with one thread, after the next batch is written).
 //!
 //! Memory does not grow with the flags: metric names are made as they are sent (`--keys` costs
 //! nothing up front), a batch is encoded and written [`CHUNK_REQUESTS`] requests at a time
@@ -510,24 +511,33 @@ fn drive_group(group: Vec<(TcpStream, Plan)>) -> Outcome {
 /// Batches a pipelining connection has written and not yet had all replies to, at most.
 const IN_FLIGHT: usize = 2;
 
-/// The longest reply to a put: `ok`, or an error such as the memory limit's.
+/// The reply to a put that is stored or refused for memory (`error\nmemory limit reached\n\n`).
 const PUT_REPLY_MOST: u64 = 32;
 
 /// Reply bytes a connection can leave unread without the server ever waiting to write them:
 /// half of Linux's smallest default receive buffer (128 KiB).
 const UNREAD_REPLIES_MOST: u64 = 64 << 10;
 
-/// With pipelining. When the replies that can be in flight are few and small (puts, batches of
-/// up to about a thousand), one thread writes a batch and then reads the replies to the one
-/// before it: the server never waits to write them, so nothing blocks, and the generator costs
-/// half the threads and no handoffs between them. Otherwise a writer and a reader thread.
+/// How long a write of [`drive_alone`] waits on a server that takes nothing before the thread
+/// reads the replies it is owed: the server may be waiting to write them.
+const STALL: Duration = Duration::from_millis(20);
+
+/// With pipelining. When the replies in flight are few and small (puts, batches of up to about
+/// a thousand), one thread writes a batch and then reads the replies to the one before it: the
+/// generator costs half the threads and no handoffs between them. Otherwise a writer and a
+/// reader thread.
 fn drive(stream: TcpStream, plan: Plan, pipeline: u64) -> Outcome {
-    let unread_most = IN_FLIGHT as u64 * pipeline * PUT_REPLY_MOST;
-    if plan.workload == Workload::Put && unread_most <= UNREAD_REPLIES_MOST {
+    if alone_suits(plan.workload, pipeline) {
         drive_alone(stream, plan, pipeline)
     } else {
         drive_with_reader(stream, plan, pipeline)
     }
+}
+
+/// Whether the replies to [`IN_FLIGHT`] batches of this workload are sure to be few and small.
+fn alone_suits(workload: Workload, pipeline: u64) -> bool {
+    let unread_most = pipeline.saturating_mul(IN_FLIGHT as u64 * PUT_REPLY_MOST);
+    workload == Workload::Put && unread_most <= UNREAD_REPLIES_MOST
 }
 
 /// The batches of a connection: `(first request, requests)`.
@@ -556,33 +566,142 @@ fn write_batch(
     Ok(())
 }
 
-/// One thread writes each batch, then reads the replies to the batch before it.
+/// One thread writes each batch, then reads the replies to the batch before it. The replies it
+/// leaves unread usually fit in the socket's buffers; when they do not (long errors, small
+/// buffers), the server stops reading until they are read, so a write that waits [`STALL`]
+/// reads every reply owed so far and writes on. A batch's latency includes the writing of the
+/// next batch, as its replies are read after it.
 fn drive_alone(stream: TcpStream, mut plan: Plan, pipeline: u64) -> Outcome {
-    let mut tally = Tally::default();
-    let result = (|| {
-        let mut replies = ReplyReader::new(stream.try_clone()?);
-        let mut out = Vec::new();
-        let mut in_flight = VecDeque::with_capacity(IN_FLIGHT);
-        let mut written = Ok(());
-        for batch in batches(&plan, pipeline) {
-            if in_flight.len() == IN_FLIGHT {
-                if let Some((sent, count)) = in_flight.pop_front() {
-                    tally.read_batch(&mut replies, sent, count)?;
+    let mut alone = match Alone::new(stream) {
+        Ok(alone) => alone,
+        Err(e) => return (Tally::default(), Some(e.into())),
+    };
+    let mut out = Vec::new();
+    let mut written = Ok(());
+    for batch in batches(&plan, pipeline) {
+        if alone.owed.len() == IN_FLIGHT {
+            if let Err(e) = alone.read_owed(1) {
+                return (alone.tally, Some(e));
+            }
+        }
+        written = alone.write_batch(&mut plan, batch, &mut out);
+        if written.is_err() {
+            break;
+        }
+    }
+    // After a failed write too: a server that closed may have said why.
+    let read = alone.read_owed(IN_FLIGHT);
+    (alone.tally, read.and(written).err())
+}
+
+/// A batch written, or being written, whose replies are not all read.
+struct Owed {
+    sent: Instant,
+    requests: u64,
+    /// Requests written whole, each owed a reply.
+    written: u64,
+    read: u64,
+}
+
+/// The state of a connection that [`drive_alone`] drives.
+struct Alone {
+    stream: TcpStream,
+    replies: ReplyReader<TcpStream>,
+    /// Oldest first; the last is the batch being written.
+    owed: VecDeque<Owed>,
+    tally: Tally,
+    /// The user's write timeout: how long the server may take nothing while nothing is owed.
+    patience: Option<Duration>,
+}
+
+impl Alone {
+    fn new(stream: TcpStream) -> io::Result<Alone> {
+        let patience = stream.write_timeout()?;
+        stream.set_write_timeout(Some(patience.map_or(STALL, |p| p.min(STALL))))?;
+        Ok(Alone {
+            replies: ReplyReader::new(stream.try_clone()?),
+            stream,
+            owed: VecDeque::with_capacity(IN_FLIGHT),
+            tally: Tally::default(),
+            patience,
+        })
+    }
+
+    /// Writes requests `from..from + count` like [`write_batch`], reading the replies owed
+    /// whenever the server stops taking them.
+    fn write_batch(
+        &mut self,
+        plan: &mut Plan,
+        (from, count): (u64, u64),
+        out: &mut Vec<u8>,
+    ) -> Result<(), ClientError> {
+        self.owed.push_back(Owed {
+            sent: Instant::now(),
+            requests: count,
+            written: 0,
+            read: 0,
+        });
+        let mut at = from;
+        while at < from + count {
+            let chunk = (from + count - at).min(CHUNK_REQUESTS);
+            out.clear();
+            plan.encode(at, chunk, out);
+            let (mut done, mut waited) = (0, Duration::ZERO);
+            while done < out.len() {
+                let result = (&self.stream).write(&out[done..]);
+                if let Ok(n) = result {
+                    done += n;
+                    waited = Duration::ZERO;
+                }
+                // Requests are lines: each whose newline is written is owed a reply.
+                let whole = if done == out.len() {
+                    chunk
+                } else {
+                    out[..done].iter().filter(|&&b| b == b'\n').count() as u64
+                };
+                if let Some(batch) = self.owed.back_mut() {
+                    batch.written = at - from + whole;
+                }
+                match result {
+                    Ok(0) => return Err(ClientError::Io(io::ErrorKind::WriteZero.into())),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        if self.read_owed(IN_FLIGHT)? == 0 {
+                            waited += STALL;
+                            if self.patience.is_some_and(|p| waited >= p) {
+                                return Err(e.into());
+                            }
+                        }
+                    }
+                    Err(e) => return Err(e.into()),
                 }
             }
-            in_flight.push_back((Instant::now(), batch.1));
-            written = write_batch(&stream, &mut plan, batch, &mut out);
-            if written.is_err() {
-                break;
-            }
+            at += chunk;
         }
-        // After a failed write too: a server that closed may have said why.
-        for (sent, count) in in_flight {
-            tally.read_batch(&mut replies, sent, count)?;
+        Ok(())
+    }
+
+    /// Reads the replies owed to the oldest `batches` batches, and forgets the batches that
+    /// are answered whole. Returns how many replies it read.
+    fn read_owed(&mut self, batches: usize) -> Result<u64, ClientError> {
+        let mut read = 0;
+        for batch in self.owed.iter_mut().take(batches) {
+            let left = batch.written - batch.read;
+            self.tally.read_batch(&mut self.replies, batch.sent, left)?;
+            batch.read += left;
+            read += left;
         }
-        Ok(written?)
-    })();
-    (tally, result.err())
+        while self.owed.front().is_some_and(|b| b.read == b.requests) {
+            self.owed.pop_front();
+        }
+        Ok(read)
+    }
 }
 
 /// A writer sends one connection's batches while a reader takes the replies. A batch is
@@ -667,6 +786,11 @@ mod tests {
         assert!((96..=99).contains(&p99), "{p99}");
         assert_eq!(h.max(), Duration::from_micros(100));
         assert_eq!(h.count(), 100);
+        // A reply read that answers many requests records them all at once.
+        h.record(Duration::from_micros(1000), 300);
+        assert_eq!(h.count(), 400);
+        assert!(h.quantile(0.5).as_micros() >= 960);
+        assert_eq!(h.max(), Duration::from_micros(1000));
     }
 
     #[test]
@@ -713,6 +837,62 @@ mod tests {
         let mut out = Vec::new();
         plan.encode(0, 1, &mut out);
         assert_eq!(out, b"get bench.key9999999999\n");
+    }
+
+    #[test]
+    fn one_thread_drives_puts_in_batches_of_up_to_1024() {
+        assert!(alone_suits(Workload::Put, 1));
+        assert!(alone_suits(Workload::Put, 1024));
+        assert!(!alone_suits(Workload::Put, 1025));
+        assert!(!alone_suits(Workload::Get, 2));
+        assert!(!alone_suits(Workload::Mixed, 2));
+        // No wrap to a small product.
+        assert!(!alone_suits(Workload::Put, 1 << 58));
+        assert!(!alone_suits(Workload::Put, u64::MAX));
+    }
+
+    /// A server whose replies fill the sockets' buffers stops reading until they are read (its
+    /// first hundred replies here are long errors); one thread that only wrote on would wait
+    /// for it forever once its own requests filled them too.
+    #[test]
+    fn one_thread_reads_the_replies_a_stalled_server_waits_to_write() {
+        use std::io::{BufRead, BufReader};
+        const LONG: u64 = 100;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = BufReader::with_capacity(8192, stream.try_clone().unwrap());
+            let long = format!("error\n{}\n\n", "x".repeat(60_000));
+            let (mut answered, mut out) = (0, Vec::new());
+            loop {
+                let read = reader.fill_buf().unwrap();
+                if read.is_empty() {
+                    return answered;
+                }
+                let (len, lines) = (read.len(), read.iter().filter(|&&b| b == b'\n').count());
+                reader.consume(len);
+                out.clear();
+                for _ in 0..lines {
+                    answered += 1;
+                    let reply = if answered <= LONG {
+                        long.as_str()
+                    } else {
+                        "ok\n\n"
+                    };
+                    out.extend_from_slice(reply.as_bytes());
+                }
+                (&stream).write_all(&out).unwrap();
+            }
+        });
+        let stream = client::connect_stream(addr, Some(Duration::from_secs(10))).unwrap();
+        let requests = 200_000;
+        let plan = Plan::new(1000, Workload::Put, 0, 1, requests);
+        let (tally, error) = drive_alone(stream, plan, requests / 2);
+        assert!(error.is_none(), "{error:?}");
+        assert_eq!((tally.completed, tally.errors), (requests, LONG));
+        assert_eq!(tally.latency.count(), requests);
+        assert_eq!(server.join().unwrap(), requests);
     }
 
     #[test]

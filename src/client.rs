@@ -702,6 +702,53 @@ mod tests {
         assert!(replies.inner.served <= 2 * MAX_REPLY_LINE + 64 * 1024);
     }
 
+    /// Hands out its text one to three bytes a read, so that replies are split anywhere.
+    struct Trickle<'a>(&'a [u8], usize);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.1 = self.1 % 3 + 1;
+            let n = self.1.min(buf.len()).min(self.0.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn replies_split_across_reads_are_each_counted_once() {
+        let mut text = Vec::new();
+        let (mut oks, mut errors) = (0, 0);
+        for i in 0..300 {
+            if i % 7 == 3 {
+                text.extend_from_slice(b"error\nmemory limit reached\n\n");
+                errors += 1;
+            } else {
+                text.extend_from_slice(b"ok\n\n");
+                oks += 1;
+            }
+        }
+        let mut replies = ReplyReader::new(Trickle(&text, 0));
+        let mut none = |_: &str, _: f64, _: i64| ControlFlow::Continue(());
+        let (mut taken, mut read_oks, mut read_errors) = (0, 0, 0);
+        while taken + read_oks + read_errors < oks + errors {
+            let left = oks + errors - taken - read_oks - read_errors;
+            let n = replies.take_buffered_oks(left);
+            if n > 0 {
+                taken += n;
+                continue;
+            }
+            match replies.read_reply(&mut none) {
+                Ok(Some(Reply::Ok { .. })) => read_oks += 1,
+                Ok(Some(Reply::Error(_))) => read_errors += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!((taken + read_oks, read_errors), (oks, errors));
+        assert_eq!(replies.take_buffered_oks(9), 0);
+        assert!(replies.read_reply(&mut none).is_err(), "nothing is left");
+    }
+
     #[test]
     fn buffered_oks_are_taken_up_to_the_first_other_reply() {
         let text: &[u8] = b"ok\n\nok\n\nok\n\nerror\nwrong command\n\nok\nm 1.0 2\n\nok\n\nok\n";

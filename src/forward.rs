@@ -368,8 +368,11 @@ fn record_len(records: &[u8]) -> usize {
 /// one record, and only whole ones.
 fn records_within(records: &[u8], bytes: usize) -> usize {
     let mut len = 0;
-    while len < records.len() && len < bytes {
+    while len < records.len() {
         len += record_len(&records[len..]);
+        if len >= bytes {
+            break;
+        }
     }
     len
 }
@@ -1070,11 +1073,11 @@ mod tests {
         );
         assert_eq!(record_len(&raw), RECORD_HEAD + 3);
         // Formatted in steps of any size, the lines are the same: steps end between records.
-        for step in 1..=raw.len() + 1 {
+        for step in 0..=raw.len() + 1 {
             let (mut rest, mut out, mut steps) = (raw.as_slice(), Vec::new(), 0);
             while !rest.is_empty() {
                 let len = records_within(rest, step);
-                assert!(len >= step.min(rest.len()), "{step}: {len}");
+                assert!(len > 0 && len >= step.min(rest.len()), "{step}: {len}");
                 write_lines(&rest[..len], &mut TimestampText::default(), &mut out);
                 rest = &rest[len..];
                 steps += 1;
