@@ -528,7 +528,7 @@ const STALL: Duration = Duration::from_millis(20);
 /// reader thread.
 fn drive(stream: TcpStream, plan: Plan, pipeline: u64) -> Outcome {
     if alone_suits(plan.workload, pipeline) {
-        drive_alone(stream, plan, pipeline)
+        drive_alone(stream, plan, pipeline).0
     } else {
         drive_with_reader(stream, plan, pipeline)
     }
@@ -570,28 +570,39 @@ fn write_batch(
 /// leaves unread usually fit in the socket's buffers; when they do not (long errors, small
 /// buffers), the server stops reading until they are read, so a write that waits [`STALL`]
 /// reads every reply owed so far and writes on. A batch's latency includes the writing of the
-/// next batch, as its replies are read after it.
-fn drive_alone(stream: TcpStream, mut plan: Plan, pipeline: u64) -> Outcome {
+/// next batch, as its replies are read after it. Returns also how many writes stalled.
+fn drive_alone(stream: TcpStream, mut plan: Plan, pipeline: u64) -> (Outcome, u64) {
     let mut alone = match Alone::new(stream) {
         Ok(alone) => alone,
-        Err(e) => return (Tally::default(), Some(e.into())),
+        Err(e) => return ((Tally::default(), Some(e.into())), 0),
     };
     let mut out = Vec::new();
     let mut written = Ok(());
     for batch in batches(&plan, pipeline) {
         if alone.owed.len() == IN_FLIGHT {
             if let Err(e) = alone.read_owed(1) {
-                return (alone.tally, Some(e));
+                return ((alone.tally, Some(e)), alone.stalls);
             }
         }
-        written = alone.write_batch(&mut plan, batch, &mut out);
-        if written.is_err() {
-            break;
+        match alone.write_batch(&mut plan, batch, &mut out) {
+            Ok(()) => {}
+            // The replies are out of step with the batches now: nothing more can be read.
+            Err(Stop::Read(e)) => return ((alone.tally, Some(e)), alone.stalls),
+            Err(Stop::Write(e)) => {
+                written = Err(e);
+                break;
+            }
         }
     }
     // After a failed write too: a server that closed may have said why.
     let read = alone.read_owed(IN_FLIGHT);
-    (alone.tally, read.and(written).err())
+    ((alone.tally, read.and(written).err()), alone.stalls)
+}
+
+/// Why [`Alone::write_batch`] stopped: the write failed, or reading the replies owed did.
+enum Stop {
+    Write(ClientError),
+    Read(ClientError),
 }
 
 /// A batch written, or being written, whose replies are not all read.
@@ -612,6 +623,8 @@ struct Alone {
     tally: Tally,
     /// The user's write timeout: how long the server may take nothing while nothing is owed.
     patience: Option<Duration>,
+    /// Writes that waited [`STALL`] for the server.
+    stalls: u64,
 }
 
 impl Alone {
@@ -624,6 +637,7 @@ impl Alone {
             owed: VecDeque::with_capacity(IN_FLIGHT),
             tally: Tally::default(),
             patience,
+            stalls: 0,
         })
     }
 
@@ -634,7 +648,7 @@ impl Alone {
         plan: &mut Plan,
         (from, count): (u64, u64),
         out: &mut Vec<u8>,
-    ) -> Result<(), ClientError> {
+    ) -> Result<(), Stop> {
         self.owed.push_back(Owed {
             sent: Instant::now(),
             requests: count,
@@ -663,7 +677,11 @@ impl Alone {
                     batch.written = at - from + whole;
                 }
                 match result {
-                    Ok(0) => return Err(ClientError::Io(io::ErrorKind::WriteZero.into())),
+                    Ok(0) => {
+                        return Err(Stop::Write(ClientError::Io(
+                            io::ErrorKind::WriteZero.into(),
+                        )))
+                    }
                     Ok(_) => {}
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e)
@@ -672,14 +690,15 @@ impl Alone {
                             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                         ) =>
                     {
-                        if self.read_owed(IN_FLIGHT)? == 0 {
+                        self.stalls += 1;
+                        if self.read_owed(IN_FLIGHT).map_err(Stop::Read)? == 0 {
                             waited += STALL;
                             if self.patience.is_some_and(|p| waited >= p) {
-                                return Err(e.into());
+                                return Err(Stop::Write(e.into()));
                             }
                         }
                     }
-                    Err(e) => return Err(e.into()),
+                    Err(e) => return Err(Stop::Write(e.into())),
                 }
             }
             at += chunk;
@@ -886,13 +905,43 @@ mod tests {
             }
         });
         let stream = client::connect_stream(addr, Some(Duration::from_secs(10))).unwrap();
-        let requests = 200_000;
+        // Two batches of 6.6 MB: more than the sending socket's buffer can grow to (4 MiB by
+        // default) and the receiving one's, as the server reads little.
+        let requests = 400_000;
         let plan = Plan::new(1000, Workload::Put, 0, 1, requests);
-        let (tally, error) = drive_alone(stream, plan, requests / 2);
+        let ((tally, error), stalls) = drive_alone(stream, plan, requests / 2);
         assert!(error.is_none(), "{error:?}");
+        assert!(stalls > 0, "the server never stopped taking requests");
         assert_eq!((tally.completed, tally.errors), (requests, LONG));
         assert_eq!(tally.latency.count(), requests);
         assert_eq!(server.join().unwrap(), requests);
+    }
+
+    /// A server that takes requests until its buffers are full and never answers: the wait
+    /// for the replies owed fails once, after the timeout, and is not waited for again.
+    #[test]
+    fn one_thread_gives_up_on_a_server_that_never_answers_after_one_timeout() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (done_tx, done_rx) = mpsc::channel::<()>();
+        let server = thread::spawn(move || {
+            let (_stream, _) = listener.accept().unwrap();
+            let _ = done_rx.recv();
+        });
+        let timeout = Duration::from_secs(2);
+        let stream = client::connect_stream(addr, Some(timeout)).unwrap();
+        let requests = 400_000;
+        let plan = Plan::new(1000, Workload::Put, 0, 1, requests);
+        let started = Instant::now();
+        let ((tally, error), stalls) = drive_alone(stream, plan, requests / 2);
+        let took = started.elapsed();
+        done_tx.send(()).unwrap();
+        server.join().unwrap();
+        assert!(stalls > 0);
+        assert!(matches!(error, Some(ClientError::Io(_))), "{error:?}");
+        assert_eq!(tally.completed, 0);
+        // Two timeouts would be 4 s.
+        assert!(took < timeout + timeout * 3 / 4, "{took:?}");
     }
 
     #[test]
