@@ -12,7 +12,7 @@ use crate::bench::{self, BenchConfig, Workload};
 use crate::bulk;
 use crate::client::{self, Client};
 use crate::defaults::{self, ADDR_ENV};
-use crate::journal::Fsync;
+use crate::journal::{self, Fsync};
 use crate::log::chain;
 use crate::plot;
 use crate::protocol::{self, RequestError};
@@ -136,7 +136,7 @@ Serves the metrics protocol on PORT (default 8888; 0 picks a free port). Prints
             short: None,
             long: "--max-line-bytes",
             value: Some("N"),
-            help: "longest request line (default 65536)",
+            help: "longest request line (default 65536, at most 67108864)",
         },
         Opt {
             short: None,
@@ -815,7 +815,16 @@ fn parse_server(args: &[&str]) -> Result<Command, UsageError> {
         match arg {
             Arg::Option("--help") => return Ok(Command::Help(Topic::Server)),
             Arg::Option("--host") => config.host = args.value()?.to_string(),
-            Arg::Option("--max-line-bytes") => config.max_line_bytes = args.count()?,
+            Arg::Option("--max-line-bytes") => {
+                config.max_line_bytes = args.count()?;
+                // The data file is read back with lines of at most this.
+                if config.max_line_bytes > journal::LINE_MOST {
+                    return Err(args.error(format!(
+                        "--max-line-bytes must be at most {}",
+                        journal::LINE_MOST
+                    )));
+                }
+            }
             Arg::Option("--max-connections") => config.max_connections = args.count()?,
             Arg::Option("--max-memory") => {
                 let text = args.value()?;
@@ -1526,6 +1535,17 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        // Every line the server writes to its data file must be one it can read back.
+        let most = journal::LINE_MOST.to_string();
+        match parse_ok(&["server", "--max-line-bytes", &most]) {
+            Command::Server(config) => assert_eq!(config.max_line_bytes, journal::LINE_MOST),
+            other => panic!("{other:?}"),
+        }
+        let over = (journal::LINE_MOST + 1).to_string();
+        assert_eq!(
+            parse_err(&["server", "--max-line-bytes", &over]).message,
+            "--max-line-bytes must be at most 67108864"
+        );
     }
 
     /// Arguments that make the parser take `option` of `topic`, with a value if it has one.

@@ -71,7 +71,8 @@ pub enum JournalError {
         action: &'static str,
         source: io::Error,
     },
-    /// A complete line that is not a point; the file is left as it is.
+    /// A line that is not a point (or, last and without `\n`, not the start of one), or is
+    /// longer than [`LINE_MOST`]; the file is left as it is.
     Corrupt {
         path: PathBuf,
         line: u64,
@@ -203,6 +204,11 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// The longest line the data file is read back with: a longer one stops start-up as corrupt,
+/// so that a file that is not a data file cannot fill memory. The server's `--max-line-bytes`
+/// is at most this, so every line it writes is shorter.
+pub const LINE_MOST: usize = 64 << 20;
+
 impl Journal {
     /// Opens (or creates) the data file at `path` and replays it into a new store, leaving out
     /// points with timestamps before `since`. A torn last line is cut off; any other line that
@@ -223,6 +229,12 @@ impl Journal {
             .create(true)
             .open(path)
             .map_err(io_error("open"))?;
+        // A device such as /dev/zero reads without end, and one such as /dev/null keeps nothing.
+        if !file.metadata().map_err(io_error("open"))?.is_file() {
+            return Err(io_error("use")(io::Error::other(
+                "it is not a regular file",
+            )));
+        }
         // Two servers appending to one file would interleave their lines: the second refuses.
         match file.try_lock() {
             Ok(()) => {}
@@ -237,7 +249,7 @@ impl Journal {
             sync_parent(path).map_err(io_error("sync the directory of"))?;
         }
         let leftovers = remove_leftovers(path);
-        let (store, mut report, good_len) = replay(&file, path, since)?;
+        let (store, mut report, good_len) = replay(&file, path, since, LINE_MOST)?;
         if report.torn_bytes > 0 {
             file.set_len(good_len)
                 .map_err(io_error("cut the torn line from"))?;
@@ -821,15 +833,25 @@ fn sync_parent(path: &Path) -> io::Result<()> {
 
 /// Reads every complete line into a store. Returns it, what was found, and the length of the
 /// complete lines.
-fn replay(file: &File, path: &Path, since: i64) -> Result<(Store, LoadReport, u64), JournalError> {
+fn replay(
+    file: &File,
+    path: &Path,
+    since: i64,
+    line_most: usize,
+) -> Result<(Store, LoadReport, u64), JournalError> {
     let mut store = Store::new();
     let mut report = LoadReport::default();
     let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut line = Vec::with_capacity(256);
     let mut good_len = 0u64;
+    let corrupt = |line: u64, problem: String| JournalError::Corrupt {
+        path: path.to_path_buf(),
+        line,
+        problem,
+    };
     loop {
         line.clear();
-        let read = reader
+        let read = io::Read::take(&mut reader, line_most as u64 + 1)
             .read_until(b'\n', &mut line)
             .map_err(|source| JournalError::Io {
                 path: path.to_path_buf(),
@@ -839,8 +861,25 @@ fn replay(file: &File, path: &Path, since: i64) -> Result<(Store, LoadReport, u6
         if read == 0 {
             break;
         }
+        // Longer than `line_most` without its newline.
+        if line.len() > line_most && line.last() != Some(&b'\n') {
+            return Err(corrupt(
+                report.lines + 1,
+                format!("a line longer than {line_most} bytes: {}", shown(&line)),
+            ));
+        }
         if line.last() != Some(&b'\n') {
-            // The end of the file, mid-line: a write the crash cut short.
+            // The end of the file, mid-line: a write the crash cut short, if it could be the
+            // start of a point. Anything else is not ours to cut (a file named by mistake).
+            if !could_be_torn_point(&line) {
+                return Err(corrupt(
+                    report.lines + 1,
+                    format!(
+                        "the last line has no newline and is not the start of a point: {}",
+                        shown(&line)
+                    ),
+                ));
+            }
             report.torn_bytes = read as u64;
             break;
         }
@@ -861,13 +900,7 @@ fn replay(file: &File, path: &Path, since: i64) -> Result<(Store, LoadReport, u6
                 }
                 continue;
             }
-            _ => {
-                return Err(JournalError::Corrupt {
-                    path: path.to_path_buf(),
-                    line: report.lines,
-                    problem: describe_bad_line(&line),
-                })
-            }
+            _ => return Err(corrupt(report.lines, describe_bad_line(&line))),
         };
         if timestamp < since {
             report.expired += 1;
@@ -877,6 +910,33 @@ fn replay(file: &File, path: &Path, since: i64) -> Result<(Store, LoadReport, u6
         }
     }
     Ok((store, report, good_len))
+}
+
+/// Whether `fragment` (a last line without `\n`) could be a point line cut short, as this
+/// server writes them: `metric value timestamp`, one space between fields; a metric name has no
+/// whitespace or control characters, a value is Python's text of a float, a timestamp digits.
+fn could_be_torn_point(fragment: &[u8]) -> bool {
+    let mut fields = fragment.split(|&b| b == b' ');
+    let name = fields.next().unwrap_or_default();
+    let value = fields.next();
+    let timestamp = fields.next();
+    let float_text = |text: &[u8]| {
+        text.iter().all(|b| b"0123456789.e+-".contains(b))
+            || [&b"inf"[..], b"-inf", b"nan"]
+                .iter()
+                .any(|word| word.starts_with(text))
+    };
+    !name.is_empty()
+        && !name
+            .iter()
+            .any(|&b| b.is_ascii_whitespace() || b < b' ' || b == 0x7f)
+        && value.is_none_or(|value| float_text(value) && (timestamp.is_none() || !value.is_empty()))
+        && timestamp.is_none_or(|t| {
+            t.iter()
+                .enumerate()
+                .all(|(i, &b)| b.is_ascii_digit() || (i == 0 && b == b'-'))
+        })
+        && fields.next().is_none()
 }
 
 fn describe_bad_line(line: &[u8]) -> String {
@@ -962,6 +1022,90 @@ mod tests {
             fs::read_to_string(&path).unwrap(),
             "a 1.0 1\nb 2.0 2\nd 4.0 4\n"
         );
+    }
+
+    #[test]
+    fn every_cut_of_a_written_line_could_be_a_torn_point() {
+        let mut store = Store::new();
+        for (metric, value, timestamp) in [
+            ("cpu.load", 0.5, 1_700_000_000),
+            ("température", 1e-5, 0),
+            ("m", f64::NEG_INFINITY, -5),
+            ("n", f64::NAN, i64::MIN),
+            ("big", -1.7976931348623157e308, i64::MAX),
+        ] {
+            store.put(metric, value, timestamp).unwrap();
+        }
+        let text = dump(&store);
+        for line in text.lines() {
+            for cut in 1..=line.len() {
+                let fragment = &line.as_bytes()[..cut];
+                assert!(could_be_torn_point(fragment), "{:?}", shown(fragment));
+            }
+        }
+        for text in [
+            &b"hello world, this is not data"[..],
+            b"{\"json\": 1}",
+            b"\0\0\0\0",
+            b" leading",
+            b"a  1.0",
+            b"a 1.0 2 3",
+            b"a 1.0 17x",
+            b"a b",
+            b"key: value",
+            b"a\t1.0 1",
+        ] {
+            assert!(!could_be_torn_point(text), "{:?}", shown(text));
+        }
+    }
+
+    #[test]
+    fn a_last_line_that_is_not_a_cut_point_refuses_and_leaves_the_file() {
+        let path = test_path("not-torn");
+        let text = "a 1.0 1\nhello, world";
+        fs::write(&path, text).unwrap();
+        let error = Journal::open(&path, Fsync::No, i64::MIN).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "{}:2: the last line has no newline and is not the start of a point: \
+                 \"hello, world\"",
+                path.display()
+            )
+        );
+        assert_eq!(fs::read_to_string(&path).unwrap(), text);
+    }
+
+    #[test]
+    fn a_line_over_the_limit_refuses_without_reading_it_all() {
+        let path = test_path("long");
+        let mut text = b"a 1.0 1\nbb 2.0 2\n".to_vec();
+        text.extend(std::iter::repeat_n(b'x', 10_000));
+        fs::write(&path, &text).unwrap();
+        let file = File::open(&path).unwrap();
+        // A line of 8 bytes and its newline is within a limit of 8; 9 bytes are not.
+        for (limit, line, shown) in [(8, 3, "xxxxxxxxx"), (7, 2, "bb 2.0 2")] {
+            let error = replay(&file, &path, i64::MIN, limit).unwrap_err();
+            assert_eq!(
+                error.to_string(),
+                format!(
+                    "{}:{line}: a line longer than {limit} bytes: \"{shown}\"",
+                    path.display()
+                )
+            );
+            io::Seek::seek(&mut &file, io::SeekFrom::Start(0)).unwrap();
+        }
+        assert_eq!(fs::read(&path).unwrap(), text);
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_regular_file_is_refused() {
+        for path in ["/dev/null", "/dev/zero"] {
+            let error = Journal::open(Path::new(path), Fsync::No, i64::MIN).unwrap_err();
+            let source = std::error::Error::source(&error).map(ToString::to_string);
+            assert_eq!(error.to_string(), format!("cannot use {path}"));
+            assert_eq!(source.as_deref(), Some("it is not a regular file"));
+        }
     }
 
     #[test]

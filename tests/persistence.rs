@@ -152,6 +152,22 @@ fn a_corrupt_line_in_the_middle_refuses_to_start_and_leaves_the_file() {
     assert_eq!(fs::read_to_string(&data).unwrap(), text);
 }
 
+/// An operator who names the wrong file loses nothing: a file whose only line is not the start
+/// of a point is not taken for a torn write and cut, and a device is not read without end.
+#[test]
+fn a_file_named_by_mistake_refuses_to_start_and_is_left_alone() {
+    let dir = TempDir::new("mistake");
+    let data = dir.file("notes.txt");
+    let text = "remember: the server runs on port 8888";
+    fs::write(&data, text).unwrap();
+    refused_start(&data).stderr(format!(
+        "metrics: {data}:1: the last line has no newline and is not the start of a point: \
+         \"{text}\"\n"
+    ));
+    assert_eq!(fs::read_to_string(&data).unwrap(), text);
+    refused_start("/dev/zero").stderr("metrics: cannot use /dev/zero: it is not a regular file\n");
+}
+
 #[test]
 fn start_up_compacts_a_file_of_overwritten_points() {
     let dir = TempDir::new("compact-start");
