@@ -10,11 +10,12 @@
 
 use crate::defaults;
 use crate::forward::{self, Totals, Upstream};
-use crate::journal::{CompactReport, Fsync, Journal, JournalError, Position, WriteError};
+use crate::journal::{self, CompactReport, Fsync, Journal, JournalError, Position, WriteError};
 use crate::log;
 use crate::protocol::{self, Request, RequestError, Selector};
 use crate::store::{MemoryFull, NameHasher, SeriesSnapshot, Store};
 use crate::{error, info, warn};
+use std::io;
 use std::ops::RangeInclusive;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -146,6 +147,22 @@ impl Db {
             counters: Counters::default(),
         };
         if let Some(path) = settings.data {
+            // Before the replay, which may take a while: a progress file that could never be
+            // written would leave its upstream's place unsaved for good.
+            for addr in settings.forward {
+                let progress = forward::progress_path(path, addr);
+                let name = progress.file_name().unwrap_or_default().to_string_lossy();
+                if !journal::made_name_fits(&name) {
+                    return Err(JournalError::Io {
+                        path: path.to_path_buf(),
+                        action: "use",
+                        source: io::Error::other(format!(
+                            "its name is too long for the name of its forwarding progress \
+                             file for {addr} ({name}.PID.tmp) to fit in a directory"
+                        )),
+                    });
+                }
+            }
             let (store, journal) = load(path, settings.fsync, db.since())?;
             db.store = Mutex::new(store);
             db.journal = Some(Arc::new(journal));
@@ -709,7 +726,7 @@ fn load(path: &Path, fsync: Fsync, since: i64) -> Result<(Store, Journal), Journ
     );
     for leftover in &report.leftovers {
         warn!(
-            "removed {}, a compaction file left by a server that stopped mid-compaction",
+            "removed {}, a file left half-written by a server that stopped while writing it",
             leftover.display()
         );
     }
@@ -864,5 +881,38 @@ mod tests {
         db.close_connection();
         assert_eq!(db.open_connections(), 1);
         assert!(db.try_open_connection(2));
+    }
+
+    /// A data file whose forwarding progress file could never be written is refused before
+    /// anything is read or created.
+    #[test]
+    fn a_progress_file_name_that_cannot_fit_is_refused_at_start() {
+        let dir = std::env::temp_dir().join(format!("metrics-db-{}-names", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("d".repeat(200));
+        let long = format!("{}:2003", "h".repeat(30));
+        let open = |forward: &[String]| {
+            Db::open(Settings {
+                data: Some(&path),
+                fsync: Fsync::No,
+                retention: None,
+                max_memory: None,
+                self_metrics: None,
+                forward,
+                forward_buffer: 0,
+            })
+        };
+        let Err(error) = open(std::slice::from_ref(&long)) else {
+            panic!("opened");
+        };
+        let source = std::error::Error::source(&error).unwrap().to_string();
+        assert!(
+            source.contains(&format!("forwarding progress file for {long}")),
+            "{source}"
+        );
+        assert!(!path.exists());
+        assert!(open(&["h:2003".to_string()]).is_ok());
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

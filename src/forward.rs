@@ -20,7 +20,7 @@
 //! room. Duplicates are harmless to Graphite-style stores, which keep one value per metric and
 //! timestamp.
 
-use crate::journal::{FileId, Journal};
+use crate::journal::{FileId, Journal, Place};
 use crate::log::{self, suppressed_note, Topic};
 use crate::protocol;
 use crate::{info, warn};
@@ -121,7 +121,7 @@ enum Source {
         progress: PathBuf,
         /// Held while the progress file is written (the forwarder and a compaction both save),
         /// with what was last written there.
-        saved: Mutex<Option<(u64, FileId)>>,
+        saved: Mutex<Option<Place>>,
     },
     Memory(MemoryQueue),
 }
@@ -130,9 +130,29 @@ impl Upstream {
     /// An upstream that reads the data file, from where a previous run got to.
     pub fn from_file(addr: &str, journal: Arc<Journal>, totals: Arc<Totals>) -> Upstream {
         let progress = progress_path(journal.path(), addr);
-        let start = read_progress(&progress)
-            .and_then(|(offset, id)| journal.seq_of(offset, id))
-            .unwrap_or(0);
+        let start = match read_progress(&progress) {
+            Ok(None) => 0,
+            Ok(Some(place)) => journal.seq_of(place).unwrap_or_else(|| {
+                // Not the file it was saved for: sent again from the start, as nothing says
+                // how much of this one the upstream has.
+                warn!(
+                    "forwarding progress in {} is for another data file than {} (replaced or \
+                     restored?); sending it to {addr} from its start",
+                    progress.display(),
+                    journal.path().display()
+                );
+                0
+            }),
+            Err(e) => {
+                warn!(
+                    "cannot read forwarding progress from {}: {e}; sending {} to {addr} from \
+                     its start",
+                    progress.display(),
+                    journal.path().display()
+                );
+                0
+            }
+        };
         let lines_before = journal.lines_before(start);
         let upstream = Upstream {
             addr: addr.to_string(),
@@ -207,16 +227,23 @@ impl Upstream {
         };
         // The offset is looked up under the lock, so the last save is never an older file's.
         let mut saved = lock(saved);
-        let (offset, id) = journal.file_offset(self.safe.load(Ordering::Acquire));
-        let Some(id) = id else {
+        let Some(place) = journal.place(self.safe.load(Ordering::Acquire)) else {
             return;
         };
-        if *saved == Some((offset, id)) {
+        if *saved == Some(place) {
             return;
         }
-        let FileId(dev, ino) = id;
-        match write_atomically(progress, format!("{offset} {dev} {ino}\n").as_bytes()) {
-            Ok(()) => *saved = Some((offset, id)),
+        let Place {
+            offset,
+            id: FileId(dev, ino),
+            mark,
+        } = place;
+        let mark = mark.unwrap_or_default();
+        match write_atomically(
+            progress,
+            format!("{offset} {dev} {ino} {mark}\n").as_bytes(),
+        ) {
+            Ok(()) => *saved = Some(place),
             Err(e) => {
                 drop(saved);
                 if let Some(suppressed) = log::allow(Topic::Refusals) {
@@ -976,12 +1003,40 @@ pub(crate) fn progress_path(data: &Path, addr: &str) -> PathBuf {
     data.with_file_name(format!(".{name}.forward.{upstream}"))
 }
 
-fn read_progress(path: &Path) -> Option<(u64, FileId)> {
-    let text = fs::read_to_string(path).ok()?;
-    let mut fields = text.split_ascii_whitespace().map(str::parse::<u64>);
-    match (fields.next(), fields.next(), fields.next()) {
-        (Some(Ok(offset)), Some(Ok(dev)), Some(Ok(ino))) => Some((offset, FileId(dev, ino))),
-        _ => None,
+/// The place a progress file holds: `offset dev ino mark` (older versions wrote no mark).
+/// `None` when there is no progress file yet.
+fn read_progress(path: &Path) -> io::Result<Option<Place>> {
+    /// Longer than any progress file: a file put in its place is not read whole.
+    const MOST: u64 = 256;
+    // Looked at before it is opened: opening a FIFO waits for a writer, and a device may
+    // read without end.
+    match fs::metadata(path) {
+        Ok(meta) if !meta.is_file() => return Err(io::Error::other("it is not a regular file")),
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let mut text = String::new();
+    io::Read::take(fs::File::open(path)?, MOST).read_to_string(&mut text)?;
+    let fields: Vec<_> = text
+        .split_ascii_whitespace()
+        .map(str::parse::<u64>)
+        .collect();
+    match fields[..] {
+        [Ok(offset), Ok(dev), Ok(ino)] => Ok(Some(Place {
+            offset,
+            id: FileId(dev, ino),
+            mark: None,
+        })),
+        [Ok(offset), Ok(dev), Ok(ino), Ok(mark)] => Ok(Some(Place {
+            offset,
+            id: FileId(dev, ino),
+            mark: Some(mark),
+        })),
+        _ => Err(io::Error::other(format!(
+            "not 'offset device inode mark': {:?}",
+            text.trim_end()
+        ))),
     }
 }
 
@@ -993,10 +1048,16 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
         std::process::id()
     ));
     let written = (|| {
+        // Created anew, never opened through a link or over another file: one left by an
+        // earlier process with this number is this server's to remove (it holds the data
+        // file's lock), and removing a link removes only the link.
+        match fs::remove_file(&temp) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
         let mut file = OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .open(&temp)?;
         file.write_all(bytes)?;
         file.sync_data()?;
@@ -1427,6 +1488,102 @@ mod tests {
             expected(30..110)
         );
         assert_eq!(upstream.pending(), 80);
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    /// A data file put back in place (same inode, other lines) while the server was stopped:
+    /// the saved offset would skip points and start mid-line, so the file is sent from its start.
+    #[test]
+    fn a_place_saved_for_other_contents_is_not_resumed() {
+        let dir = test_dir("restored");
+        let path = dir.join("data.txt");
+        let open = || {
+            let (_, journal, _) =
+                Journal::open(&path, crate::journal::Fsync::No, i64::MIN).unwrap();
+            Arc::new(journal)
+        };
+        let journal = open();
+        append(&journal, 0..100);
+        let upstream = Upstream::from_file("127.0.0.1:1", Arc::clone(&journal), Arc::default());
+        let sent = expected(0..40);
+        upstream.advance(0, sent.as_bytes(), sent.len() as u64, sent.len() as u64, 0);
+        upstream.save();
+        drop((upstream, journal));
+        // The same place, found again.
+        let journal = open();
+        let upstream = Upstream::from_file("127.0.0.1:1", Arc::clone(&journal), Arc::default());
+        assert_eq!(upstream.resume_from(), sent.len() as u64);
+        drop((upstream, journal));
+        // Other lines written into the same file (`cp backup data.txt` keeps the inode).
+        let other: String = (0..100).map(|i| format!("other.{i} {i}.5 {i}\n")).collect();
+        let inode = |p: &Path| std::os::unix::fs::MetadataExt::ino(&fs::metadata(p).unwrap());
+        let before = inode(&path);
+        fs::write(&path, &other).unwrap();
+        assert_eq!(inode(&path), before);
+        let journal = open();
+        let upstream = Upstream::from_file("127.0.0.1:1", Arc::clone(&journal), Arc::default());
+        assert_eq!(upstream.resume_from(), 0);
+        assert_eq!(read_all(&upstream, 0), other);
+        drop((upstream, journal));
+        // A place saved by an older version, without a mark, is taken only at a line's end.
+        let progress = progress_path(&path, "127.0.0.1:1");
+        let (dev, ino) = {
+            use std::os::unix::fs::MetadataExt;
+            let meta = fs::metadata(&path).unwrap();
+            (meta.dev(), meta.ino())
+        };
+        let line = "other.0 0.5 0\n".len();
+        for (offset, resumed) in [(line, line), (line + 3, 0)] {
+            fs::write(&progress, format!("{offset} {dev} {ino}\n")).unwrap();
+            let journal = open();
+            let upstream = Upstream::from_file("127.0.0.1:1", Arc::clone(&journal), Arc::default());
+            assert_eq!(upstream.resume_from(), resumed as u64, "offset {offset}");
+        }
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    /// Whatever is found where the progress file should be, the data file is sent from its
+    /// start (at least once), and reading it neither waits nor fills memory.
+    #[test]
+    fn a_progress_file_that_cannot_be_used_is_read_as_none() {
+        let dir = test_dir("bad-progress");
+        let path = dir.join("p");
+        assert!(matches!(read_progress(&path), Ok(None)));
+        fs::write(&path, "12 x 3\n").unwrap();
+        assert!(read_progress(&path).is_err());
+        fs::write(&path, vec![b'7'; 1 << 20]).unwrap();
+        assert!(read_progress(&path).is_err());
+        fs::remove_file(&path).unwrap();
+        fs::create_dir(&path).unwrap();
+        assert!(read_progress(&path).is_err());
+        fs::remove_dir(&path).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", &path).unwrap();
+        assert!(read_progress(&path).is_err());
+        fs::remove_file(&path).unwrap();
+        let fifo = std::process::Command::new("mkfifo").arg(&path).status();
+        if fifo.is_ok_and(|s| s.success()) {
+            assert!(
+                read_progress(&path).is_err(),
+                "a FIFO is refused without waiting"
+            );
+        }
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    /// The progress file is written through a file of its own: not through a link someone left
+    /// at the temporary name, and not over what the link names.
+    #[test]
+    fn saving_progress_never_writes_through_a_link() {
+        let dir = test_dir("link");
+        let path = dir.join(".data.forward.x");
+        let victim = dir.join("victim");
+        fs::write(&victim, "keep me\n").unwrap();
+        let temp = dir.join(format!(".data.forward.x.{}.tmp", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &temp).unwrap();
+        write_atomically(&path, b"1 2 3 4\n").unwrap();
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "keep me\n");
+        assert_eq!(fs::read_to_string(&path).unwrap(), "1 2 3 4\n");
+        assert!(fs::symlink_metadata(&temp).is_err(), "the link is gone");
         let _ = fs::remove_dir_all(dir);
     }
 }

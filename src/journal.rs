@@ -221,7 +221,33 @@ impl Journal {
         fsync: Fsync,
         since: i64,
     ) -> Result<(Store, Journal, LoadReport), JournalError> {
+        // A link is followed once, here: compaction renames its new file over the file the
+        // link names, not over the link, which would leave the data behind it.
+        let resolved;
+        let path = match fs::symlink_metadata(path) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                // A link to a file not made yet names where it will be.
+                let target = fs::canonicalize(path).or_else(|_| {
+                    fs::read_link(path).map(|to| path.parent().unwrap_or(Path::new("")).join(to))
+                });
+                match target {
+                    Ok(target) => {
+                        resolved = target;
+                        &resolved
+                    }
+                    Err(_) => path,
+                }
+            }
+            _ => path,
+        };
         let io_error = |action| io_error(path, action);
+        let name = path.file_name().unwrap_or_default();
+        if !made_name_fits(&format!(".{}", name.to_string_lossy())) {
+            return Err(io_error("use")(io::Error::other(
+                "its name is too long for the name of its compaction file \
+                 (.NAME.PID.compact) to fit in a directory",
+            )));
+        }
         let existed = path.exists();
         let file = OpenOptions::new()
             .read(true)
@@ -489,6 +515,19 @@ impl Journal {
             .open(temp)
             .map_err(io_error("create"))?;
         *created = true;
+        // The new file takes the old one's mode, and its owner where the OS lets us, so that a
+        // compaction never widens who may read the data.
+        let old = lock(&self.current).file.metadata();
+        if let Ok(old) = old {
+            temp_file
+                .set_permissions(old.permissions())
+                .map_err(io_error("set the mode of"))?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::MetadataExt;
+                let _ = std::os::unix::fs::fchown(&temp_file, Some(old.uid()), Some(old.gid()));
+            }
+        }
         let (mut written, mut points) = (0u64, 0u64);
         let mut lines = Vec::with_capacity(1 << 20);
         loop {
@@ -656,13 +695,23 @@ fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     std::os::windows::fs::FileExt::seek_read(file, buf, offset)
 }
 
+/// The longest file name a directory takes on common file systems (`NAME_MAX`).
+const NAME_MOST: usize = 255;
+
+/// Whether a file named `name` with a process number and a suffix added (`.PID.compact`,
+/// `.PID.tmp`), as the server makes beside its data file, fits in a directory.
+pub fn made_name_fits(name: &str) -> bool {
+    name.len() + ".4294967295.compact".len() <= NAME_MOST
+}
+
 /// The compaction file of the data file at `path` for process `pid`.
 fn temp_path(path: &Path, pid: u32) -> PathBuf {
     let name = path.file_name().unwrap_or_default().to_string_lossy();
     path.with_file_name(format!(".{name}.{pid}.compact"))
 }
 
-/// Removes compaction files that a crashed server left beside the data file at `path`. Only
+/// Removes compaction and progress files that a crashed server left half-written beside the
+/// data file at `path`. Only
 /// called while holding the data file's lock, so no live server is writing one. Returns their
 /// names.
 fn remove_leftovers(path: &Path) -> Vec<PathBuf> {
@@ -681,10 +730,17 @@ fn remove_leftovers(path: &Path) -> Vec<PathBuf> {
         let Some(file_name) = file_name.to_str() else {
             continue;
         };
-        let ours = file_name
-            .strip_prefix(&prefix)
-            .and_then(|rest| rest.strip_suffix(".compact"))
-            .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()));
+        let number = |pid: &str| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit());
+        // `.NAME.PID.compact`, and a forwarder's progress file being written,
+        // `.NAME.forward.UPSTREAM.PID.tmp`.
+        let ours = file_name.strip_prefix(&prefix).is_some_and(|rest| {
+            rest.strip_suffix(".compact").is_some_and(number)
+                || rest
+                    .strip_prefix("forward.")
+                    .and_then(|rest| rest.strip_suffix(".tmp"))
+                    .and_then(|rest| rest.rsplit_once('.'))
+                    .is_some_and(|(_, pid)| number(pid))
+        });
         if ours && fs::remove_file(entry.path()).is_ok() {
             removed.push(entry.path());
         }
@@ -761,21 +817,85 @@ impl Journal {
         count_lines(&file, 0, (seq as i64 - base).max(0) as u64).unwrap_or(0)
     }
 
-    /// Where sequence number `seq` is in the file, as an offset and the file's identity: what a
-    /// forwarder saves, to find its place again after a restart.
-    pub fn file_offset(&self, seq: u64) -> (u64, Option<FileId>) {
+    /// Where sequence number `seq` is in the file, as an offset, the file's identity and a mark
+    /// of what precedes it: what a forwarder saves, to find its place again after a restart.
+    pub fn place(&self, seq: u64) -> Option<Place> {
         let current = lock(&self.current);
         let offset = (seq as i64 - current.base).max(0) as u64;
-        (offset, file_id(&current.file))
+        Some(Place {
+            offset,
+            id: file_id(&current.file)?,
+            mark: Some(mark_before(&current.file, offset).ok()?),
+        })
     }
 
-    /// The sequence number of a saved offset, if it was saved for the file in use now.
-    pub fn seq_of(&self, offset: u64, id: FileId) -> Option<u64> {
+    /// The sequence number of a saved place, if it was saved for the file in use now and the
+    /// bytes before it are still those it was saved after (a file put back in place of the
+    /// data file may have its inode). A place saved without a mark needs a line to end there.
+    pub fn seq_of(&self, place: Place) -> Option<u64> {
         let current = lock(&self.current);
-        let seq = current.base + offset as i64;
-        (file_id(&current.file) == Some(id) && seq >= 0 && seq as u64 <= self.written_seq())
-            .then_some(seq as u64)
+        let seq = current.base + place.offset as i64;
+        if file_id(&current.file) != Some(place.id) || seq < 0 || seq as u64 > self.written_seq() {
+            return None;
+        }
+        let valid = match place.mark {
+            Some(mark) => mark_before(&current.file, place.offset).ok() == Some(mark),
+            None => line_ends_before(&current.file, place.offset).unwrap_or(false),
+        };
+        valid.then_some(seq as u64)
     }
+}
+
+/// A position in a data file as saved for a later run: its offset, which file it is in, and a
+/// mark of the bytes just before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Place {
+    pub offset: u64,
+    pub id: FileId,
+    pub mark: Option<u64>,
+}
+
+/// Bytes before a saved offset that its mark is made of: the end of the line before it, and
+/// more.
+const MARK_BYTES: usize = 256;
+
+/// FNV-1a of the [`MARK_BYTES`] (or fewer, at the start) before `offset`: stable from run to
+/// run, unlike std's hashers.
+fn mark_before(file: &File, offset: u64) -> io::Result<u64> {
+    let from = offset.saturating_sub(MARK_BYTES as u64);
+    let mut bytes = [0; MARK_BYTES];
+    let len = (offset - from) as usize;
+    read_exact_at(file, &mut bytes[..len], from)?;
+    let mut hash = 0xcbf2_9ce4_8422_2325_u64;
+    for &b in &bytes[..len] {
+        hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    Ok(hash)
+}
+
+/// Whether `offset` is the start of the file or just after a `\n`.
+fn line_ends_before(file: &File, offset: u64) -> io::Result<bool> {
+    if offset == 0 {
+        return Ok(true);
+    }
+    let mut byte = [0];
+    read_exact_at(file, &mut byte, offset - 1)?;
+    Ok(byte[0] == b'\n')
+}
+
+fn read_exact_at(file: &File, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
+    while !buf.is_empty() {
+        match read_at(file, buf, offset) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => {
+                buf = &mut buf[n..];
+                offset += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(unix)]
@@ -1237,14 +1357,23 @@ mod safety {
             ".d.txt.12x.compact",
             ".e.txt.12.compact",
             ".d.txt.12.compact.bak",
+            ".d.txt.forward.h_1",
+            ".d.txt.forward.h_1.tmp",
+            ".e.txt.forward.h_1.12.tmp",
         ];
         for other in others {
             fs::write(dir.join(other), "keep").unwrap();
         }
-        fs::write(dir.join(".d.txt.12.compact"), "half").unwrap();
-        let (_, _, report) = Journal::open(&path, Fsync::No, i64::MIN).unwrap();
-        assert_eq!(report.leftovers, vec![dir.join(".d.txt.12.compact")]);
-        assert!(!dir.join(".d.txt.12.compact").exists());
+        let half = [".d.txt.12.compact", ".d.txt.forward.h_1.34.tmp"];
+        for name in half {
+            fs::write(dir.join(name), "half").unwrap();
+        }
+        let (_, _, mut report) = Journal::open(&path, Fsync::No, i64::MIN).unwrap();
+        report.leftovers.sort();
+        assert_eq!(report.leftovers, half.map(|name| dir.join(name)));
+        for name in half {
+            assert!(!dir.join(name).exists());
+        }
         for other in others {
             assert_eq!(fs::read_to_string(dir.join(other)).unwrap(), "keep");
         }
@@ -1260,5 +1389,70 @@ mod safety {
         assert_eq!(journal.lost(), Some("it was removed or renamed"));
         fs::write(&path, "x 1.0 1\n").unwrap();
         assert_eq!(journal.lost(), Some("another file replaced it"));
+    }
+
+    /// Compacts `journal` to the snapshot `lines`.
+    fn compact_to(journal: &Journal, lines: &[u8]) {
+        let at = journal.position();
+        let mut once = Some(lines);
+        journal
+            .compact(at, u64::MAX, |out| match once.take() {
+                Some(lines) => {
+                    out.extend_from_slice(lines);
+                    1
+                }
+                None => 0,
+            })
+            .unwrap();
+    }
+
+    /// A compaction's new file is readable by whom the old one was, no more.
+    #[test]
+    fn compaction_keeps_the_files_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir("mode").join("d.txt");
+        let (_, journal, _) = Journal::open(&path, Fsync::No, i64::MIN).unwrap();
+        journal
+            .commit(journal.append(b"a 1.0 1\na 2.0 1\n", 2))
+            .unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        compact_to(&journal, b"a 2.0 1\n");
+        assert_eq!(fs::read_to_string(&path).unwrap(), "a 2.0 1\n");
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
+    /// A data file named through a link is the file the link names: compaction renames its new
+    /// file over that one, so the link keeps naming the data.
+    #[test]
+    fn a_data_file_named_through_a_link_stays_behind_it() {
+        let dir = dir("link");
+        fs::create_dir(dir.join("real")).unwrap();
+        let real = dir.join("real").join("d.txt");
+        let link = dir.join("link.txt");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let (_, journal, _) = Journal::open(&link, Fsync::No, i64::MIN).unwrap();
+        assert_eq!(journal.path(), fs::canonicalize(&real).unwrap());
+        journal
+            .commit(journal.append(b"a 1.0 1\na 2.0 1\n", 2))
+            .unwrap();
+        compact_to(&journal, b"a 2.0 1\n");
+        journal.commit(journal.append(b"b 3.0 3\n", 1)).unwrap();
+        assert!(fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(fs::read_to_string(&real).unwrap(), "a 2.0 1\nb 3.0 3\n");
+    }
+
+    #[test]
+    fn a_name_too_long_for_its_compaction_file_is_refused() {
+        let dir = dir("long-name");
+        let fits = "d".repeat(255 - ".4294967295.compact".len() - 1);
+        assert!(Journal::open(&dir.join(&fits), Fsync::No, i64::MIN).is_ok());
+        let error = Journal::open(&dir.join(format!("{fits}d")), Fsync::No, i64::MIN).unwrap_err();
+        assert!(error.to_string().starts_with("cannot use "), "{error}");
+        let source = std::error::Error::source(&error).unwrap().to_string();
+        assert!(source.starts_with("its name is too long"), "{source}");
     }
 }
