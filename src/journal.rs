@@ -518,15 +518,18 @@ impl Journal {
         // The new file takes the old one's mode, and its owner where the OS lets us, so that a
         // compaction never widens who may read the data.
         let old = lock(&self.current).file.metadata();
+        // Best effort: a file system that refuses chmod must not stop compaction for good.
+        // The owner first, so the old group's bits never go to our group.
         if let Ok(old) = old {
-            temp_file
-                .set_permissions(old.permissions())
-                .map_err(io_error("set the mode of"))?;
             #[cfg(unix)]
             {
-                use std::os::unix::fs::MetadataExt;
-                let _ = std::os::unix::fs::fchown(&temp_file, Some(old.uid()), Some(old.gid()));
+                use std::os::unix::fs::{MetadataExt, PermissionsExt};
+                let owned = std::os::unix::fs::fchown(&temp_file, Some(old.uid()), Some(old.gid()));
+                let mode = old.permissions().mode() & if owned.is_ok() { 0o7777 } else { 0o7707 };
+                let _ = temp_file.set_permissions(fs::Permissions::from_mode(mode));
             }
+            #[cfg(not(unix))]
+            let _ = temp_file.set_permissions(old.permissions());
         }
         let (mut written, mut points) = (0u64, 0u64);
         let mut lines = Vec::with_capacity(1 << 20);
@@ -991,7 +994,15 @@ fn replay(
         if line.last() != Some(&b'\n') {
             // The end of the file, mid-line: a write the crash cut short, if it could be the
             // start of a point. Anything else is not ours to cut (a file named by mistake).
-            if !could_be_torn_point(&line) {
+            // Zeros a power loss left past the last write are part of the torn tail. A file
+            // with no whole line is ours only once its fragment reached a value: one word alone
+            // is more likely someone's file named by mistake.
+            let written = line.iter().rposition(|&b| b != 0).map_or(0, |end| end + 1);
+            let fragment = &line[..written];
+            let plausible = could_be_torn_point(fragment)
+                && (good_len > 0 || fragment.contains(&b' '))
+                || fragment.is_empty();
+            if !plausible {
                 return Err(corrupt(
                     report.lines + 1,
                     format!(
@@ -1177,6 +1188,35 @@ mod tests {
         ] {
             assert!(!could_be_torn_point(text), "{:?}", shown(text));
         }
+    }
+
+    #[test]
+    fn a_torn_tail_of_zeros_is_cut_and_a_lone_word_is_not() {
+        let path = test_path("zeros");
+        fs::write(&path, "a 1.0 1\nb 2.0\0\0\0\0").unwrap();
+        let (store, _, report) = Journal::open(&path, Fsync::No, i64::MIN).unwrap();
+        assert_eq!((dump(&store).as_str(), report.torn_bytes), ("a 1.0 1\n", 9));
+        fs::write(&path, "a 1.0 1\nb").unwrap();
+        assert_eq!(
+            Journal::open(&path, Fsync::No, i64::MIN)
+                .unwrap()
+                .2
+                .torn_bytes,
+            1
+        );
+        for text in ["sk-live-0123456789abcdef", "12345"] {
+            fs::write(&path, text).unwrap();
+            assert!(Journal::open(&path, Fsync::No, i64::MIN).is_err(), "{text}");
+            assert_eq!(fs::read_to_string(&path).unwrap(), text);
+        }
+        fs::write(&path, "a 1.").unwrap();
+        assert_eq!(
+            Journal::open(&path, Fsync::No, i64::MIN)
+                .unwrap()
+                .2
+                .torn_bytes,
+            4
+        );
     }
 
     #[test]
