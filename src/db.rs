@@ -15,7 +15,6 @@ use crate::log;
 use crate::protocol::{self, Request, RequestError, Selector};
 use crate::store::{MemoryFull, NameHasher, SeriesSnapshot, Store};
 use crate::{error, info, warn};
-use std::io;
 use std::ops::RangeInclusive;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -152,16 +151,11 @@ impl Db {
             for addr in settings.forward {
                 let progress = forward::progress_path(path, addr);
                 let name = progress.file_name().unwrap_or_default().to_string_lossy();
-                if !journal::made_name_fits(&name) {
-                    return Err(JournalError::Io {
-                        path: path.to_path_buf(),
-                        action: "use",
-                        source: io::Error::other(format!(
-                            "its name is too long for the name of its forwarding progress \
-                             file for {addr} ({name}.PID.tmp) to fit in a directory"
-                        )),
-                    });
-                }
+                journal::check_made_name(
+                    path,
+                    &name,
+                    &format!("its forwarding progress file for {addr} ({name}.PID.tmp)"),
+                )?;
             }
             let (store, journal) = load(path, settings.fsync, db.since())?;
             db.store = Mutex::new(store);

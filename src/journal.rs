@@ -241,13 +241,12 @@ impl Journal {
             _ => path,
         };
         let io_error = |action| io_error(path, action);
-        let name = path.file_name().unwrap_or_default();
-        if !made_name_fits(&format!(".{}", name.to_string_lossy())) {
-            return Err(io_error("use")(io::Error::other(
-                "its name is too long for the name of its compaction file \
-                 (.NAME.PID.compact) to fit in a directory",
-            )));
-        }
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        check_made_name(
+            path,
+            &format!(".{name}"),
+            "its compaction file (.NAME.PID.compact)",
+        )?;
         let existed = path.exists();
         let file = OpenOptions::new()
             .read(true)
@@ -515,11 +514,11 @@ impl Journal {
             .open(temp)
             .map_err(io_error("create"))?;
         *created = true;
-        // The new file takes the old one's mode, and its owner where the OS lets us, so that a
-        // compaction never widens who may read the data.
+        // The new file takes the old one's owner where the OS lets us, then its mode (without
+        // the group's bits if the group could not be kept), so that a compaction never widens
+        // who may read the data. Best effort: a file system that refuses chmod must not stop
+        // compaction for good.
         let old = lock(&self.current).file.metadata();
-        // Best effort: a file system that refuses chmod must not stop compaction for good.
-        // The owner first, so the old group's bits never go to our group.
         if let Ok(old) = old {
             #[cfg(unix)]
             {
@@ -701,10 +700,19 @@ fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
 /// The longest file name a directory takes on common file systems (`NAME_MAX`).
 const NAME_MOST: usize = 255;
 
-/// Whether a file named `name` with a process number and a suffix added (`.PID.compact`,
-/// `.PID.tmp`), as the server makes beside its data file, fits in a directory.
-pub fn made_name_fits(name: &str) -> bool {
-    name.len() + ".4294967295.compact".len() <= NAME_MOST
+/// Refuses the data file at `path` when a file it makes beside it, `made` with a process
+/// number and a suffix added (`.PID.compact`, `.PID.tmp`), would not fit in a directory:
+/// `what` names that file in the error.
+///
+/// # Errors
+/// [`JournalError::Io`] saying so.
+pub fn check_made_name(path: &Path, made: &str, what: &str) -> Result<(), JournalError> {
+    if made.len() + ".4294967295.compact".len() <= NAME_MOST {
+        return Ok(());
+    }
+    Err(io_error(path, "use")(io::Error::other(format!(
+        "its name is too long for the name of {what} to fit in a directory"
+    ))))
 }
 
 /// The compaction file of the data file at `path` for process `pid`.
@@ -714,9 +722,8 @@ fn temp_path(path: &Path, pid: u32) -> PathBuf {
 }
 
 /// Removes compaction and progress files that a crashed server left half-written beside the
-/// data file at `path`. Only
-/// called while holding the data file's lock, so no live server is writing one. Returns their
-/// names.
+/// data file at `path`. Only called while holding the data file's lock, so no live server is
+/// writing one. Returns their names.
 fn remove_leftovers(path: &Path) -> Vec<PathBuf> {
     let name = path.file_name().unwrap_or_default().to_string_lossy();
     let prefix = format!(".{name}.");
@@ -781,10 +788,7 @@ impl Journal {
     /// The OS error.
     pub fn read_from(&self, seq: u64, most: usize, out: &mut Vec<u8>) -> io::Result<()> {
         let end = self.written_seq();
-        let (file, base) = {
-            let current = lock(&self.current);
-            (Arc::clone(&current.file), current.base)
-        };
+        let (file, base) = self.current_file();
         if seq >= end || (seq as i64) < base {
             return Ok(());
         }
@@ -813,22 +817,20 @@ impl Journal {
 
     /// Lines in the file before sequence number `seq` (read from the file: for start-up).
     pub fn lines_before(&self, seq: u64) -> u64 {
-        let (file, base) = {
-            let current = lock(&self.current);
-            (Arc::clone(&current.file), current.base)
-        };
+        let (file, base) = self.current_file();
         count_lines(&file, 0, (seq as i64 - base).max(0) as u64).unwrap_or(0)
     }
 
     /// Where sequence number `seq` is in the file, as an offset, the file's identity and a mark
     /// of what precedes it: what a forwarder saves, to find its place again after a restart.
     pub fn place(&self, seq: u64) -> Option<Place> {
-        let current = lock(&self.current);
-        let offset = (seq as i64 - current.base).max(0) as u64;
+        // The file and its base are taken together; the reads happen after the lock is gone.
+        let (file, base) = self.current_file();
+        let offset = (seq as i64 - base).max(0) as u64;
         Some(Place {
             offset,
-            id: file_id(&current.file)?,
-            mark: Some(mark_before(&current.file, offset).ok()?),
+            id: file_id(&file)?,
+            mark: Some(mark_before(&file, offset).ok()?),
         })
     }
 
@@ -836,16 +838,22 @@ impl Journal {
     /// bytes before it are still those it was saved after (a file put back in place of the
     /// data file may have its inode). A place saved without a mark needs a line to end there.
     pub fn seq_of(&self, place: Place) -> Option<u64> {
-        let current = lock(&self.current);
-        let seq = current.base + place.offset as i64;
-        if file_id(&current.file) != Some(place.id) || seq < 0 || seq as u64 > self.written_seq() {
+        let (file, base) = self.current_file();
+        let seq = base + place.offset as i64;
+        if file_id(&file) != Some(place.id) || seq < 0 || seq as u64 > self.written_seq() {
             return None;
         }
         let valid = match place.mark {
-            Some(mark) => mark_before(&current.file, place.offset).ok() == Some(mark),
-            None => line_ends_before(&current.file, place.offset).unwrap_or(false),
+            Some(mark) => mark_before(&file, place.offset).ok() == Some(mark),
+            None => line_ends_before(&file, place.offset).unwrap_or(false),
         };
         valid.then_some(seq as u64)
+    }
+
+    /// The file readers use and the sequence number at its offset 0, taken together.
+    fn current_file(&self) -> (Arc<File>, i64) {
+        let current = lock(&self.current);
+        (Arc::clone(&current.file), current.base)
     }
 }
 
@@ -992,16 +1000,14 @@ fn replay(
             ));
         }
         if line.last() != Some(&b'\n') {
-            // The end of the file, mid-line: a write the crash cut short, if it could be the
-            // start of a point. Anything else is not ours to cut (a file named by mistake).
-            // Zeros a power loss left past the last write are part of the torn tail. A file
-            // with no whole line is ours only once its fragment reached a value: one word alone
-            // is more likely someone's file named by mistake.
+            // The end of the file, mid-line: a write the crash cut short, with any zeros a
+            // power loss left past it, if it could be the start of a point. Anything else is
+            // not ours to cut: a file named by mistake. So is one word with no whole line
+            // before it: a point's fragment is ours once it reached its value.
             let written = line.iter().rposition(|&b| b != 0).map_or(0, |end| end + 1);
             let fragment = &line[..written];
-            let plausible = could_be_torn_point(fragment)
-                && (good_len > 0 || fragment.contains(&b' '))
-                || fragment.is_empty();
+            let plausible = fragment.is_empty()
+                || could_be_torn_point(fragment) && (good_len > 0 || fragment.contains(&b' '));
             if !plausible {
                 return Err(corrupt(
                     report.lines + 1,
