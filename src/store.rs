@@ -10,11 +10,11 @@
 //! Any other point (older than the newest; an overwrite of one in the head is made in place
 //! when no late point is waiting) goes to the series' late list, unsorted, and is merged into
 //! the head and the blocks it belongs in when the list is full, before a seal that needs it,
-//! or on the next maintenance tick: one pass over the head and one decode and encode per block
-//! touched (of a block with room, only of its segments from the earliest late point on),
-//! whatever the order of writes. A series whose late points land just behind the head
-//! (connections interleaving their timestamps) earns a larger slack, up to [`SLACK_MOST`], and
-//! gives it back when its writes are in order again.
+//! or by the server's maintenance within about a second: one pass over the head and one
+//! decode and encode per block touched (of a block with room, only of its segments from the
+//! earliest late point on), whatever the order of writes. A series whose late points land
+//! just behind the head (connections interleaving their timestamps) earns a larger slack, up
+//! to [`SLACK_MOST`], and gives it back when its writes are in order again.
 //!
 //! Blocks sit behind `Arc`s: a read takes [`SeriesSnapshot`]s that share them (reference
 //! counts, no copies) plus a copy of at most one head, so the lock is held for microseconds and
@@ -316,8 +316,9 @@ impl Store {
         while self.merge_late_steps(usize::MAX, usize::MAX) > 0 {}
     }
 
-    /// Merges the late points of at most `most` series (the server does this in steps, every
-    /// tick, so late lists never linger). Returns how many series it merged; 0 when none wait.
+    /// Merges the late points of at most `most` series (the server does this in steps, once a
+    /// second, so late lists never linger). Returns how many series it merged; 0 when none
+    /// wait.
     pub fn merge_late_some(&mut self, most: usize) -> usize {
         self.merge_late_steps(most, MERGE_BUDGET)
     }
