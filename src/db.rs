@@ -146,6 +146,8 @@ impl Db {
             counters: Counters::default(),
         };
         if let Some(path) = settings.data {
+            // Progress files sit beside the file a link names, as the data file's own do.
+            let path = &journal::resolve_link(path);
             // Before the replay, which may take a while: a progress file that could never be
             // written would leave its upstream's place unsaved for good.
             for addr in settings.forward {
@@ -893,9 +895,12 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("d".repeat(200));
         let long = format!("{}:2003", "h".repeat(30));
-        let open = |forward: &[String]| {
+        // Through a link with a short name too: the progress file sits beside its target.
+        let link = dir.join("l");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        let open_at = |data: &Path, forward: &[String]| {
             Db::open(Settings {
-                data: Some(&path),
+                data: Some(data),
                 fsync: Fsync::No,
                 retention: None,
                 max_memory: None,
@@ -904,15 +909,18 @@ mod tests {
                 forward_buffer: 0,
             })
         };
-        let Err(error) = open(std::slice::from_ref(&long)) else {
-            panic!("opened");
-        };
-        let source = std::error::Error::source(&error).unwrap().to_string();
-        assert!(
-            source.contains(&format!("forwarding progress file for {long}")),
-            "{source}"
-        );
-        assert!(!path.exists());
+        for data in [&path, &link] {
+            let Err(error) = open_at(data, std::slice::from_ref(&long)) else {
+                panic!("opened {}", data.display());
+            };
+            let source = std::error::Error::source(&error).unwrap().to_string();
+            assert!(
+                source.contains(&format!("forwarding progress file for {long}")),
+                "{source}"
+            );
+            assert!(!path.exists());
+        }
+        let open = |forward: &[String]| open_at(&path, forward);
         assert!(open(&["h:2003".to_string()]).is_ok());
         let _ = std::fs::remove_dir_all(dir);
     }

@@ -1542,10 +1542,10 @@ mod tests {
         let _ = fs::remove_dir_all(dir);
     }
 
-    /// Whatever is found where the progress file should be, the data file is sent from its
-    /// start (at least once), and reading it neither waits nor fills memory.
+    /// Whatever is found where the progress file should be is an error (the caller warns and
+    /// sends the data file from its start), and reading it neither waits nor fills memory.
     #[test]
-    fn a_progress_file_that_cannot_be_used_is_read_as_none() {
+    fn a_progress_file_that_cannot_be_used_is_an_error_read_without_waiting() {
         let dir = test_dir("bad-progress");
         let path = dir.join("p");
         assert!(matches!(read_progress(&path), Ok(None)));

@@ -221,25 +221,8 @@ impl Journal {
         fsync: Fsync,
         since: i64,
     ) -> Result<(Store, Journal, LoadReport), JournalError> {
-        // A link is followed once, here: compaction renames its new file over the file the
-        // link names, not over the link, which would leave the data behind it.
-        let resolved;
-        let path = match fs::symlink_metadata(path) {
-            Ok(meta) if meta.file_type().is_symlink() => {
-                // A link to a file not made yet names where it will be.
-                let target = fs::canonicalize(path).or_else(|_| {
-                    fs::read_link(path).map(|to| path.parent().unwrap_or(Path::new("")).join(to))
-                });
-                match target {
-                    Ok(target) => {
-                        resolved = target;
-                        &resolved
-                    }
-                    Err(_) => path,
-                }
-            }
-            _ => path,
-        };
+        let resolved = resolve_link(path);
+        let path = resolved.as_path();
         let io_error = |action| io_error(path, action);
         let name = path.file_name().unwrap_or_default().to_string_lossy();
         check_made_name(
@@ -714,6 +697,31 @@ pub fn check_made_name(path: &Path, made: &str, what: &str) -> Result<(), Journa
         "its name is too long for the name of {what} to fit in a directory"
     ))))
 }
+
+/// The file a data file named `path` is: a link is followed here, once, so that compaction
+/// renames its new file over the file the link names, not over the link (which would leave
+/// the data behind it). A link to a file not made yet, through any number of links up to
+/// [`LINKS_MOST`], names where it will be.
+pub fn resolve_link(path: &Path) -> PathBuf {
+    let is_link = |at: &Path| fs::symlink_metadata(at).is_ok_and(|m| m.file_type().is_symlink());
+    if !is_link(path) {
+        return path.to_path_buf();
+    }
+    if let Ok(target) = fs::canonicalize(path) {
+        return target;
+    }
+    let mut at = path.to_path_buf();
+    for _ in 0..LINKS_MOST {
+        let Some(to) = is_link(&at).then(|| fs::read_link(&at).ok()).flatten() else {
+            break;
+        };
+        at = at.parent().unwrap_or(Path::new("")).join(to);
+    }
+    at
+}
+
+/// Links followed to a data file not made yet, as the kernel follows at most 40.
+const LINKS_MOST: usize = 40;
 
 /// The compaction file of the data file at `path` for process `pid`.
 fn temp_path(path: &Path, pid: u32) -> PathBuf {
@@ -1489,6 +1497,20 @@ mod safety {
             .file_type()
             .is_symlink());
         assert_eq!(fs::read_to_string(&real).unwrap(), "a 2.0 1\nb 3.0 3\n");
+
+        // A chain of links to a file not made yet names it too, however long the chain.
+        let (first, second) = (dir.join("l1.txt"), dir.join("l2.txt"));
+        std::os::unix::fs::symlink("l2.txt", &first).unwrap();
+        std::os::unix::fs::symlink("real/later.txt", &second).unwrap();
+        let (_, journal, _) = Journal::open(&first, Fsync::No, i64::MIN).unwrap();
+        journal.commit(journal.append(b"c 1.0 1\n", 1)).unwrap();
+        assert_eq!(journal.path(), dir.join("real").join("later.txt"));
+        assert_eq!(fs::read_to_string(&first).unwrap(), "c 1.0 1\n");
+        // A loop of links ends rather than spinning.
+        let (a, b) = (dir.join("a.txt"), dir.join("b.txt"));
+        std::os::unix::fs::symlink("b.txt", &a).unwrap();
+        std::os::unix::fs::symlink("a.txt", &b).unwrap();
+        assert!(Journal::open(&a, Fsync::No, i64::MIN).is_err());
     }
 
     #[test]
