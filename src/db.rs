@@ -471,15 +471,7 @@ impl Db {
     pub fn maintain(&self, state: &mut Maintenance) {
         let now = Instant::now();
         let second = Duration::from_secs(1);
-        // Late points are merged into their blocks within a second, a few series per lock.
-        if now.duration_since(state.merged) >= Maintenance::MERGE_EVERY {
-            state.merged = now;
-            while self.lock().merge_late_some(MERGE_SERIES) == MERGE_SERIES {
-                if now.elapsed() >= Maintenance::TICK / 2 {
-                    break;
-                }
-            }
-        }
+        self.merge_late_step(state, now, Maintenance::TICK / 2);
         if let Some(journal) = self.journal() {
             let check = now.duration_since(state.checked) >= second;
             if journal.failure().is_some() && check {
@@ -581,6 +573,32 @@ impl Db {
         }
     }
 
+    /// Late points are merged into their blocks within about a second: once a second a pass
+    /// starts over the series waiting then, and goes on, a few series per lock, for at most
+    /// `budget` of each tick until it is done. Puts merge busy series' lists sooner; merging
+    /// every tick took the lock from them ten times a second, for lists half full.
+    fn merge_late_step(&self, state: &mut Maintenance, now: Instant, budget: Duration) {
+        if state.merge_left == 0 {
+            if now.duration_since(state.merged) < Maintenance::MERGE_EVERY {
+                return;
+            }
+            state.merged = now;
+            state.merge_left = self.lock().late_waiting();
+        }
+        while state.merge_left > 0 {
+            let most = state.merge_left.min(MERGE_SERIES);
+            let merged = self.lock().merge_late_some(most);
+            state.merge_left = if merged < most {
+                0
+            } else {
+                state.merge_left - most
+            };
+            if now.elapsed() >= budget {
+                break;
+            }
+        }
+    }
+
     /// Compacts the data file now, reading the store in steps.
     fn compact_now(&self) -> Result<CompactReport, JournalError> {
         let Some(journal) = self.journal() else {
@@ -662,7 +680,9 @@ fn read(
 /// When the background steps last ran, and where a sweep has got to.
 #[derive(Debug)]
 pub(crate) struct Maintenance {
+    /// When the last pass over late lists started, and how many series it has left.
     merged: Instant,
+    merge_left: usize,
     synced: Instant,
     checked: Instant,
     swept: Instant,
@@ -677,7 +697,7 @@ pub(crate) struct Maintenance {
 impl Maintenance {
     /// How often the maintenance thread wakes.
     pub const TICK: Duration = Duration::from_millis(100);
-    /// How often late lists are merged when puts have not merged them first.
+    /// How often a pass over late lists starts (see [`Db::merge_late_step`]).
     const MERGE_EVERY: Duration = Duration::from_secs(1);
     /// How long a failed compaction waits before the next try.
     const COMPACT_RETRY: Duration = Duration::from_secs(60);
@@ -688,6 +708,7 @@ impl Maintenance {
         let now = Instant::now();
         Maintenance {
             merged: now,
+            merge_left: 0,
             synced: now,
             checked: now,
             swept: now,
@@ -764,7 +785,7 @@ mod tests {
         .unwrap()
     }
 
-    fn parse(lines: &[&'static str]) -> Vec<Parsed<'static>> {
+    fn parse<'a>(lines: &[&'a str]) -> Vec<Parsed<'a>> {
         lines
             .iter()
             .map(|line| Request::parse(line.as_bytes()).map(Option::unwrap))
@@ -926,23 +947,40 @@ mod tests {
     }
 
     #[test]
-    fn maintenance_merges_late_lists_once_a_second_not_every_tick() {
-        // Merging every tick took the lock from connections many times a second, and merged
-        // lists half full; puts merge busy lists themselves, so the tick only sweeps up.
+    fn late_lists_are_merged_in_passes_once_a_second_that_go_on_until_done() {
+        // 200 series, each with two late points at one timestamp: they count as two each
+        // until merged.
         let db = memory(None);
-        let requests = parse(&["put m 1 10", "put m 2 5", "put m 3 5"]);
-        db.apply(&requests, &mut Vec::new());
-        // The late list holds both points at 5: they count as two until merged.
+        let lines: Vec<String> = (0..200)
+            .flat_map(|i| {
+                [
+                    format!("put s{i} 1 10"),
+                    format!("put s{i} 2 5"),
+                    format!("put s{i} 3 5"),
+                ]
+            })
+            .collect();
+        let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+        db.apply(&parse(&lines), &mut Vec::new());
         let points = || db.store().points();
-        assert_eq!(points(), 3);
+        assert_eq!(points(), 600);
         let mut state = Maintenance::new();
-        db.maintain(&mut state);
-        assert_eq!(points(), 3, "merged within a second of the last merge");
-        state.merged -= Maintenance::MERGE_EVERY;
-        db.maintain(&mut state);
-        assert_eq!(points(), 2);
-        let mut replies = Vec::new();
-        db.apply(&parse(&["get m"]), &mut replies);
-        assert_eq!(shapes(&db, &mut replies), ["points 2"]);
+        let start = state.merged;
+        // Within a second of the last pass, nothing is merged.
+        db.merge_late_step(&mut state, start, Duration::ZERO);
+        assert_eq!(points(), 600);
+        // A pass starts after a second; with no time to spare it merges one lock's worth
+        // per tick, and goes on at the next ticks, not a second later, until it is done.
+        let later = start + Maintenance::MERGE_EVERY;
+        for merged in [64, 128, 192, 200] {
+            db.merge_late_step(&mut state, later, Duration::ZERO);
+            assert_eq!(points(), 600 - merged);
+        }
+        assert_eq!(state.merge_left, 0);
+        db.apply(&parse(&["put s0 4 6", "put s0 5 6"]), &mut Vec::new());
+        db.merge_late_step(&mut state, later, Duration::ZERO);
+        assert_eq!(points(), 402, "a new pass waits for its second");
+        db.merge_late_step(&mut state, later + Maintenance::MERGE_EVERY, Duration::ZERO);
+        assert_eq!(points(), 401);
     }
 }

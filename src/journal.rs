@@ -698,10 +698,10 @@ pub fn check_made_name(path: &Path, made: &str, what: &str) -> Result<(), Journa
     ))))
 }
 
-/// The file a data file named `path` is: a link is followed here, once, so that compaction
-/// renames its new file over the file the link names, not over the link (which would leave
-/// the data behind it). A link to a file not made yet, through any number of links up to
-/// [`LINKS_MOST`], names where it will be.
+/// The file a data file named `path` is: a link is followed once, at start-up, so that
+/// compaction renames its new file over the file the link names, not over the link (which
+/// would leave the data behind it). A link to a file not made yet, through any number of
+/// links up to [`LINKS_MOST`], names where it will be.
 pub fn resolve_link(path: &Path) -> PathBuf {
     let is_link = |at: &Path| fs::symlink_metadata(at).is_ok_and(|m| m.file_type().is_symlink());
     if !is_link(path) {
@@ -1310,7 +1310,7 @@ mod tests {
             }
         }
         journal.commit(journal.append(&lines, 1500)).unwrap();
-        // Overwrites are known once late points are merged, as the server does every tick.
+        // Overwrites are known once late points are merged, as the server does once a second.
         store.merge_late();
         assert!(journal.needs_compaction(store.points()));
         // A put that lands after the snapshot but before the switch must survive.

@@ -28,7 +28,7 @@
 
 use crate::codec::Block;
 use std::collections::hash_map::{Entry, RandomState};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::ops::{Bound, RangeInclusive};
 use std::sync::Arc;
@@ -166,8 +166,9 @@ pub struct Store {
     points: usize,
     memory: usize,
     memory_limit: Option<usize>,
-    /// Slots of series that have had late points since the last [`merge_late`](Store::merge_late).
-    late_slots: Vec<u32>,
+    /// Slots of series that have had late points since the last [`merge_late`](Store::merge_late),
+    /// oldest first.
+    late_slots: VecDeque<u32>,
 }
 
 /// A put refused because the store holds its memory limit: it would add a point or a metric.
@@ -302,7 +303,7 @@ impl Store {
         let fresh = series.late.is_empty();
         series.insert(timestamp, value);
         if fresh && !series.late.is_empty() {
-            self.late_slots.push(slot);
+            self.late_slots.push_back(slot);
         }
         self.memory = self.memory + series.bytes() - before;
         self.points = self.points + series.len - len;
@@ -316,9 +317,9 @@ impl Store {
         while self.merge_late_steps(usize::MAX, usize::MAX) > 0 {}
     }
 
-    /// Merges the late points of at most `most` series (the server does this in steps, once a
-    /// second, so late lists never linger). Returns how many series it merged; 0 when none
-    /// wait.
+    /// Merges the late points of at most `most` series, those listed longest first (the server
+    /// does this in steps about once a second; puts merge full lists sooner). Returns how many
+    /// series it merged; 0 when none wait.
     pub fn merge_late_some(&mut self, most: usize) -> usize {
         self.merge_late_steps(most, MERGE_BUDGET)
     }
@@ -328,7 +329,7 @@ impl Store {
     fn merge_late_steps(&mut self, most: usize, budget: usize) -> usize {
         let (mut merged, mut again) = (0, Vec::new());
         while merged < most {
-            let Some(slot) = self.late_slots.pop() else {
+            let Some(slot) = self.late_slots.pop_front() else {
                 break;
             };
             let Some(series) = self.slots[slot as usize].as_mut() else {
@@ -351,6 +352,11 @@ impl Store {
         }
         self.late_slots.extend(again);
         merged
+    }
+
+    /// About how many series have late points waiting (a series may be listed twice).
+    pub fn late_waiting(&self) -> usize {
+        self.late_slots.len()
     }
 
     fn add_series(&mut self, metric: &str, hash: u64) -> u32 {
